@@ -1,0 +1,77 @@
+"""chain-runner: declarative prompts compiled to LCEL chains, run at scale.
+
+    from chains import get_chain, run_batch, RunSettings, ModelSession
+
+    async with ModelSession(RunSettings(max_concurrency=8)) as session:
+        chain = get_chain("story", session.model)
+        batch = run_batch(chain, [{"topic": "a brave snail"}], settings=session.settings, limits=session.limits)
+        async for record in batch:
+            print(record.output)
+        print(batch.summary.to_dict())
+
+Names are imported lazily so that ``import chains`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "get_chain": "chains.registry",
+    "list_chains": "chains.registry",
+    "chain_info": "chains.registry",
+    "ChainInfo": "chains.registry",
+    "build_story_chain": "chains.definitions",
+    "build_summarize_chain": "chains.definitions",
+    "build_translate_chain": "chains.definitions",
+    "compile_spec": "chains.definitions",
+    "PromptLibrary": "chains.prompts_library",
+    "PromptSpec": "chains.prompt_spec",
+    "load_spec": "chains.prompt_spec",
+    "run_batch": "chains.execution",
+    "stream_one": "chains.execution",
+    "BatchRun": "chains.execution",
+    "Record": "chains.execution",
+    "StreamEvent": "chains.execution",
+    "RunSettings": "chains.settings",
+    "ModelSession": "chains.models",
+    "ManagedChatModel": "chains.managed",
+    "FakeChatModel": "chains.fake",
+    "Limits": "chains.limits",
+    "RunSummary": "chains.metrics",
+    "ItemMetrics": "chains.metrics",
+    "MetricsHandler": "chains.callbacks",
+    "TokenStreamHandler": "chains.callbacks",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'chains' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from chains.callbacks import MetricsHandler, TokenStreamHandler
+    from chains.definitions import (
+        build_story_chain,
+        build_summarize_chain,
+        build_translate_chain,
+        compile_spec,
+    )
+    from chains.execution import BatchRun, Record, StreamEvent, run_batch, stream_one
+    from chains.fake import FakeChatModel
+    from chains.limits import Limits
+    from chains.managed import ManagedChatModel
+    from chains.metrics import ItemMetrics, RunSummary
+    from chains.models import ModelSession
+    from chains.prompt_spec import PromptSpec, load_spec
+    from chains.prompts_library import PromptLibrary
+    from chains.registry import ChainInfo, chain_info, get_chain, list_chains
+    from chains.settings import RunSettings

@@ -1,0 +1,195 @@
+"""The CLI's commands as library calls: ``runner.py`` parses arguments and calls these.
+
+Each returns an exit code: 0 all inputs succeeded, 1 some failed, 2 usage
+error (raised as ``UsageError`` and mapped by the caller), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chains.errors import UsageError
+from chains.settings import RunSettings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@dataclass
+class RunOptions:
+    """What ``story`` and ``run`` were asked to do (besides the model settings)."""
+
+    chain: str
+    source: str
+    topics: bool = False
+    output: str | None = None
+    metrics_out: str | None = None
+    stream: bool | None = None
+    quiet: bool = False
+    prompts_dirs: list[str] = field(default_factory=list)
+
+
+def list_command(prompts_dirs: list[str], as_json: bool = False) -> int:
+    from chains.prompts_library import PromptLibrary
+    from chains.registry import list_chains
+
+    chains = list_chains(PromptLibrary(prompts_dirs))
+    if as_json:
+        print(json.dumps([_info_dict(c) for c in chains], indent=2))
+        return EXIT_OK
+    width = max(len(c.name) for c in chains)
+    for info in chains:
+        inputs = ", ".join([*info.required, *(f"{o}?" for o in info.optional)])
+        print(f"{info.name.ljust(width)}  ({inputs})  {info.description}")
+    return EXIT_OK
+
+
+def _info_dict(info: Any) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "description": info.description,
+        "required": list(info.required),
+        "optional": list(info.optional),
+        "kind": info.kind,
+        "sources": list(info.sources),
+        "output_schema": info.output_schema,
+    }
+
+
+def show_command(name: str, prompts_dirs: list[str]) -> int:
+    from chains.prompts_library import PromptLibrary
+    from chains.registry import HAND_WRITTEN, chain_info
+
+    library = PromptLibrary(prompts_dirs)
+    info = chain_info(name, library)
+    print(f"{info.name}: {info.description}")
+    print(f"  kind:     {info.kind}")
+    print(f"  inputs:   {', '.join(info.required) or '-'}" + (f" (optional: {', '.join(info.optional)})" if info.optional else ""))
+    print(f"  files:    {', '.join(info.sources)}")
+    prompts = HAND_WRITTEN[name].prompts if name in HAND_WRITTEN else (name,)
+    for prompt in prompts:
+        spec = library.spec(prompt)
+        print(f"\n# {library.label(prompt)}")
+        params = spec.model_kwargs()
+        if params:
+            print("  model: " + ", ".join(f"{k}={v}" for k, v in params.items()))
+        for message in spec.to_prompt().messages:
+            role = type(message).__name__.replace("MessagePromptTemplate", "").replace("Messages", "").lower()
+            template = getattr(getattr(message, "prompt", None), "template", None)
+            text = template if template is not None else f"<{getattr(message, 'variable_name', '')}>"
+            print(f"  [{role}] " + text.replace("\n", "\n          "))
+    if info.output_schema:
+        print("\n  output: JSON matching " + json.dumps(info.output_schema))
+    return EXIT_OK
+
+
+async def run_command(options: RunOptions, settings: RunSettings) -> int:
+    """``story`` / ``run``: every input to one record, a summary at the end."""
+    from rich.console import Console
+
+    from chains.console import ProgressDisplay, live_token_handler, print_summary
+    from chains.execution import run_batch
+    from chains.inputs import count_inputs, detect_format, read_inputs, read_topics
+    from chains.models import ModelSession
+    from chains.prompts_library import PromptLibrary
+    from chains.registry import chain_info, get_chain
+    from chains.sinks import JsonlSink, TextSink
+
+    library = PromptLibrary(options.prompts_dirs)
+    info = chain_info(options.chain, library)
+    if options.topics:
+        if info.required != ("topic",):
+            raise UsageError(
+                f"--topics gives each line as 'topic', but {info.name} needs {', '.join(info.required)}; "
+                f"use: runner.py run {info.name} --input FILE"
+            )
+        inputs: Any = read_topics(options.source)
+        fmt = "lines"
+    else:
+        fmt = detect_format(options.source)
+        inputs = read_inputs(options.source, chain=info.name, required=info.required, fmt=fmt)
+    total = count_inputs(options.source, fmt)
+    single = total == 1
+    stream = options.stream if options.stream is not None else (single and not options.quiet)
+    settings = settings.model_copy(update={"stream": stream})
+
+    stderr = Console(stderr=True)
+    session = ModelSession(settings)
+    if not options.quiet:
+        session.announce()
+    sink: Any = None
+    batch = None
+    interrupted = False
+    async with session:
+        await session.check_reachable()
+        chain = get_chain(info.name, session.model, library=library)
+        live = single and stream and not options.quiet
+        callbacks = [live_token_handler()] if live else []
+        sink = JsonlSink(options.output) if options.output else (None if live else TextSink())
+        batch = run_batch(chain, inputs, settings=settings, limits=session.limits, callbacks=callbacks)
+        progress = None if (single or options.quiet) else ProgressDisplay(total, info.name, stderr)
+        stop = _install_signal_handlers()
+        try:
+            if progress is not None:
+                progress.__enter__()
+            async for record in batch:
+                if sink is not None:
+                    sink.write(record)
+                if live:
+                    sys.stdout.write("\n" if record.ok else "")
+                    if not record.ok:
+                        stderr.print(f"[red]failed[/red]: {record.error['message']}", highlight=False)  # type: ignore[index]
+                if progress is not None:
+                    progress.update(record, batch)
+        except asyncio.CancelledError:
+            interrupted = stop.is_set()
+            if not interrupted:
+                raise
+        finally:
+            if progress is not None:
+                progress.__exit__(None, None, None)
+            _remove_signal_handlers()
+            if sink is not None:
+                sink.close()
+    summary = batch.summary.finish().to_dict()
+    if options.metrics_out:
+        Path(options.metrics_out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if not options.quiet:
+        print_summary(summary, stderr)
+    if interrupted:
+        stderr.print("interrupted: stopped admitting inputs; every finished record was written")
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if summary["failed"] else EXIT_OK
+
+
+def _install_signal_handlers() -> asyncio.Event:
+    """Ctrl-C / SIGTERM cancel the main task; the run then writes what finished and stops."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def handle() -> None:
+        stop.set()
+        if task is not None:
+            task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, handle)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / Windows
+            pass
+    return stop
+
+
+def _remove_signal_handlers() -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.remove_signal_handler(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass

@@ -1,0 +1,92 @@
+"""Async callback handlers: live tokens, kept apart per run id, and per-input metrics.
+
+Both are ordinary LangChain ``AsyncCallbackHandler``s, so they also work when a
+user passes them in ``config={"callbacks": [...]}`` to their own chains.
+Model calls tagged ``INTERMEDIATE`` (e.g. the story's outline step) are not
+shown as output tokens and do not count for time to first token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import AsyncCallbackHandler
+from langchain_core.outputs import LLMResult
+
+from chains.metrics import ItemMetrics
+
+INTERMEDIATE = "chain-runner:intermediate"
+
+TokenSink = Callable[[UUID, str], Awaitable[None] | None]
+DiscardSink = Callable[[UUID, str], Awaitable[None] | None]
+
+
+def _visible(tags: list[str] | None) -> bool:
+    return not tags or INTERMEDIATE not in tags
+
+
+class MetricsHandler(AsyncCallbackHandler):
+    """Fills one input's ``ItemMetrics``: time to first token and usage from each final answer."""
+
+    run_inline = True
+
+    def __init__(self, item: ItemMetrics, started: float | None = None) -> None:
+        self.item = item
+        self.started = time.perf_counter() if started is None else started
+
+    async def on_llm_new_token(self, token: str, *, tags: list[str] | None = None, **kwargs: Any) -> None:
+        if self.item.ttft_s is None and token and _visible(tags):
+            self.item.ttft_s = time.perf_counter() - self.started
+
+    async def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+        for generations in response.generations:
+            for generation in generations:
+                message = getattr(generation, "message", None)
+                usage = getattr(message, "usage_metadata", None)
+                if usage:
+                    self.item.input_tokens += int(usage.get("input_tokens", 0))
+                    self.item.output_tokens += int(usage.get("output_tokens", 0))
+                if message is not None and message.response_metadata.get("usage_estimated"):
+                    self.item.tokens_estimated = True
+
+
+class TokenStreamHandler(AsyncCallbackHandler):
+    """Passes each visible token to ``on_token(run_id, token)``.
+
+    Tokens are kept per run id, so concurrent model calls never interleave in
+    a buffer.  When an attempt fails after tokens were shown and is retried,
+    ``on_discard(run_id, text)`` receives the text that was discarded.
+    """
+
+    run_inline = True
+
+    def __init__(self, on_token: TokenSink, on_discard: DiscardSink | None = None) -> None:
+        self.on_token = on_token
+        self.on_discard = on_discard
+        self.buffers: dict[UUID, list[str]] = {}
+
+    async def on_llm_new_token(
+        self, token: str, *, run_id: UUID, tags: list[str] | None = None, **kwargs: Any
+    ) -> None:
+        if not token or not _visible(tags):
+            return
+        self.buffers.setdefault(run_id, []).append(token)
+        result = self.on_token(run_id, token)
+        if result is not None:
+            await result
+
+    async def on_retry(self, retry_state: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        shown = self.buffers.pop(run_id, None)
+        if shown and self.on_discard is not None:
+            result = self.on_discard(run_id, "".join(shown))
+            if result is not None:
+                await result
+
+    async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        self.buffers.pop(run_id, None)
+
+    async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self.buffers.pop(run_id, None)

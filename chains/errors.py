@@ -1,0 +1,97 @@
+"""The project's error hierarchy.
+
+Every error says what was received and what to do about it, in one line.  The
+CLI maps ``exit_code`` to its process exit status; the server maps
+``http_status`` to a response status.  Nothing here imports LangChain.
+"""
+
+from __future__ import annotations
+
+
+class ChainRunnerError(Exception):
+    """Base class: a problem the user can fix, reported as one clear line."""
+
+    exit_code = 2
+    http_status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(ChainRunnerError):
+    """The command line or settings are wrong (exit 2)."""
+
+
+class PromptSpecError(ChainRunnerError):
+    """A prompt file is invalid: names the file, the field and the fix."""
+
+    http_status = 500
+
+    def __init__(self, file: str, field: str, problem: str) -> None:
+        self.file = file
+        self.field = field
+        self.problem = problem
+        where = f"{file}: {field}: " if field else f"{file}: "
+        super().__init__(where + problem)
+
+
+class UnknownChainError(ChainRunnerError):
+    """No chain has this name."""
+
+    http_status = 404
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        listing = ", ".join(known) if known else "none"
+        super().__init__(
+            f"unknown chain {name!r}; known chains: {listing} "
+            "(add prompts/<name>.yaml to create one)"
+        )
+
+
+class InputError(ChainRunnerError):
+    """An input (a row, a file, a request body) does not fit the chain."""
+
+    http_status = 422
+
+
+class ModelConfigError(UsageError):
+    """The model spec, base URL or key is unusable."""
+
+
+class ProviderError(ChainRunnerError):
+    """The model provider answered with an error (after any retries).
+
+    ``status`` is the HTTP status when there was one; ``retryable`` says whether
+    the runner considers the failure transient.
+    """
+
+    exit_code = 1
+    http_status = 502
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        attempts: int = 1,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+        self.attempts = attempts
+        self.retry_after = retry_after
+
+
+class BudgetExceededError(ChainRunnerError):
+    """The run's cost budget would be exceeded; the input was not run."""
+
+    exit_code = 1
+    http_status = 402

@@ -1,0 +1,245 @@
+"""The offline model: a real ``BaseChatModel`` that needs no key and no network.
+
+It writes deterministic text that depends on the prompt (the same messages give
+the same answer; different topics give different stories), streams it in
+token-sized chunks with an optional per-token delay, honours ``max_tokens`` and
+``stop``, reports ``usage_metadata`` and ``finish_reason`` like a provider does,
+and answers ``response_format={"type": "json_schema", ...}`` with JSON that fits
+the schema.  It is what ``--model fake`` (the default without a key) runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+
+from chains.tokens import estimate_tokens
+
+DEFAULT_FAKE_MAX_TOKENS = 120
+
+_OPENINGS = ("Once upon a time", "Long ago", "One bright morning", "In a quiet town")
+_VERBS = ("found", "dreamed of", "built", "followed", "wondered about", "painted", "shared")
+_LINKS = ("and then", "but soon", "so", "until one day", "and at last")
+_ENDINGS = ("Everyone smiled.", "It was a very good day.", "And that was enough.")
+_STOPWORDS = frozenset(
+    "a an the of to in on for and or but with who is are was be write story short "
+    "about from into this that your you it its as at by outline numbered points "
+    "point children's childrens".split()
+)
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
+
+
+def _last_human_text(messages: list[BaseMessage]) -> str:
+    for message in reversed(messages):
+        if message.type == "human":
+            return message.text
+    return messages[-1].text if messages else ""
+
+
+_SUBJECT_LINE = re.compile(r"^\s*(?:topic|text|subject|title)\s*:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+
+
+def _keywords(text: str) -> list[str]:
+    """Content words of the prompt's subject: a ``Topic:`` line if there is one, else the first line."""
+    match = _SUBJECT_LINE.search(text)
+    subject = match.group(1) if match else text.strip().split("\n", 1)[0]
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(subject) or _WORD.findall(text):
+        low = word.lower()
+        if low not in _STOPWORDS:
+            seen.setdefault(low, None)
+    return list(seen) or ["something"]
+
+
+def compose_text(messages: list[BaseMessage], max_tokens: int) -> list[str]:
+    """The answer for these messages, as a list of token-sized pieces."""
+    prompt = "\n".join(f"{m.type}:{m.text}" for m in messages)
+    rng = random.Random(hashlib.sha256(prompt.encode()).digest())
+    words = _keywords(_last_human_text(messages))
+    pieces: list[str] = []
+    sentence = 0
+    length = min(max_tokens, rng.randint(40, 320))
+    while len(pieces) < length:
+        subject = rng.choice(words)
+        if sentence == 0:
+            text = f"{rng.choice(_OPENINGS)}, there was a {subject}"
+        else:
+            text = f" {rng.choice(_LINKS)} the {subject} {rng.choice(_VERBS)} a {rng.choice(words)}"
+        if rng.random() < 0.3:
+            text += ". " + rng.choice(_ENDINGS)
+        else:
+            text += "."
+        sentence += 1
+        first, *rest = text.split(" ")
+        pieces.append(first)
+        pieces.extend(" " + word for word in rest)
+    return pieces[:length]
+
+
+def _instance_for_schema(schema: dict[str, Any], rng: random.Random, words: list[str]) -> Any:
+    """A small JSON value that satisfies the common subset of JSON Schema."""
+    if "enum" in schema:
+        return rng.choice(schema["enum"])
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {key: _instance_for_schema(sub, rng, words) for key, sub in props.items()}
+    if kind == "array":
+        low = max(1, int(schema.get("minItems", 1)))
+        high = max(low, min(int(schema.get("maxItems", 3)), 5))
+        item = schema.get("items", {"type": "string"})
+        return [_instance_for_schema(item, rng, words) for _ in range(rng.randint(low, high))]
+    if kind == "string":
+        return rng.choice(words)
+    if kind == "integer":
+        return rng.randint(int(schema.get("minimum", 0)), int(schema.get("maximum", 10)))
+    if kind == "number":
+        return round(rng.uniform(schema.get("minimum", 0), schema.get("maximum", 1)), 3)
+    if kind == "boolean":
+        return rng.random() < 0.5
+    return None
+
+
+def _json_pieces(messages: list[BaseMessage], schema: dict[str, Any]) -> list[str]:
+    prompt = "\n".join(m.text for m in messages)
+    rng = random.Random(hashlib.sha256(prompt.encode()).digest())
+    text = json.dumps(_instance_for_schema(schema, rng, _keywords(_last_human_text(messages))))
+    return [text[i : i + 4] for i in range(0, len(text), 4)]
+
+
+class FakeChatModel(BaseChatModel):
+    """Deterministic offline chat model with real streaming and usage."""
+
+    model_name: str = "fake"
+    token_delay: float = 0.0
+    """Seconds to wait before each streamed token (and per token when not streaming)."""
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+    @property
+    def _llm_type(self) -> str:
+        return "chain-runner-fake"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "max_tokens": self.max_tokens}
+
+    def _pieces(self, messages: list[BaseMessage], stop: list[str] | None, **kwargs: Any) -> list[str]:
+        limit = kwargs.get("max_tokens") or self.max_tokens or DEFAULT_FAKE_MAX_TOKENS
+        response_format = kwargs.get("response_format")
+        if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+            return _json_pieces(messages, response_format["json_schema"].get("schema", {}))
+        pieces = compose_text(messages, int(limit))
+        if stop:
+            text = "".join(pieces)
+            cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+            if cut >= 0:
+                kept, total = [], 0
+                for piece in pieces:
+                    if total + len(piece) > cut:
+                        break
+                    kept.append(piece)
+                    total += len(piece)
+                pieces = kept
+        return pieces
+
+    def _finish(self, messages: list[BaseMessage], pieces: list[str], **kwargs: Any) -> tuple[str, UsageMetadata]:
+        limit = kwargs.get("max_tokens") or self.max_tokens or DEFAULT_FAKE_MAX_TOKENS
+        reason = "length" if len(pieces) >= int(limit) else "stop"
+        prompt_tokens = sum(estimate_tokens(m.text) for m in messages)
+        usage = UsageMetadata(
+            input_tokens=prompt_tokens,
+            output_tokens=len(pieces),
+            total_tokens=prompt_tokens + len(pieces),
+        )
+        return reason, usage
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        pieces = self._pieces(messages, stop, **kwargs)
+        if self.token_delay:
+            time.sleep(self.token_delay * len(pieces))
+        return self._result(messages, pieces, **kwargs)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        pieces = self._pieces(messages, stop, **kwargs)
+        if self.token_delay:
+            await asyncio.sleep(self.token_delay * len(pieces))
+        return self._result(messages, pieces, **kwargs)
+
+    def _result(self, messages: list[BaseMessage], pieces: list[str], **kwargs: Any) -> ChatResult:
+        reason, usage = self._finish(messages, pieces, **kwargs)
+        message = AIMessage(
+            content="".join(pieces),
+            usage_metadata=usage,
+            response_metadata={"finish_reason": reason, "model_name": self.model_name},
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _chunks(self, messages: list[BaseMessage], pieces: list[str], **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        for piece in pieces:
+            yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
+        reason, usage = self._finish(messages, pieces, **kwargs)
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=usage,
+                response_metadata={"finish_reason": reason, "model_name": self.model_name},
+            ),
+            generation_info={"finish_reason": reason},
+        )
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        pieces = self._pieces(messages, stop, **kwargs)
+        for chunk in self._chunks(messages, pieces, **kwargs):
+            if self.token_delay and chunk.text:
+                time.sleep(self.token_delay)
+            if run_manager and chunk.text:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        pieces = self._pieces(messages, stop, **kwargs)
+        for chunk in self._chunks(messages, pieces, **kwargs):
+            if self.token_delay and chunk.text:
+                await asyncio.sleep(self.token_delay)
+            yield chunk

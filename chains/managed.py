@@ -1,0 +1,204 @@
+"""``ManagedChatModel``: every model request of a run goes through here.
+
+It wraps any ``BaseChatModel`` and, around each single request, holds a slot
+of the run's concurrency limit, retries transient failures with backoff
+(honouring ``Retry-After``), treats a broken stream as a failed attempt,
+streams tokens to the callbacks, and fills in estimated usage when the
+provider reports none.  It is itself a plain ``BaseChatModel``, so chains
+built on it stay ordinary LCEL runnables, and LangChain's cache interface
+(``cache=``) answers repeated requests before any of this runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import aclosing
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.chat_models import generate_from_stream
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from chains.limits import Limits, active_limits
+from chains.metrics import current_item
+from chains.retry import BackoffWait, BrokenStreamError, classify, final_error
+from chains.tokens import counter_for
+
+log = logging.getLogger("chains.requests")
+
+
+def _finish_reason(chunks: list[ChatGenerationChunk]) -> str | None:
+    for chunk in reversed(chunks):
+        info = chunk.generation_info or {}
+        reason = info.get("finish_reason") or chunk.message.response_metadata.get("finish_reason")
+        if reason:
+            return str(reason)
+    return None
+
+
+class ManagedChatModel(BaseChatModel):
+    """A chat model with the run's limits, one retry layer and usage accounting."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    inner: BaseChatModel
+    """The provider's model; its own SDK retries should be off (``max_retries=0``)."""
+    streaming: bool = False
+    """Stream each request and report tokens to callbacks as they arrive."""
+    max_retries: int = 5
+    timeout: float = 60.0
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """Request parameters that win over those bound by a prompt file (the CLI's flags)."""
+    limits: Limits | None = None
+    """Fallback limits when no run has installed its own (see ``chains.limits``)."""
+    base_url: str | None = None
+    token_model: str | None = None
+    """Model name used to pick a tokenizer for estimates."""
+    wait: BackoffWait = Field(default_factory=BackoffWait)
+
+    @property
+    def _llm_type(self) -> str:
+        return f"managed-{self.inner._llm_type}"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        # The cache key: the inner model's identity and parameters, plus ours.
+        return {
+            "inner": self.inner._llm_type,
+            **self.inner._identifying_params,
+            "overrides": dict(sorted(self.overrides.items())),
+        }
+
+    def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        params = self.inner._get_invocation_params(stop=stop, **{**kwargs, **self.overrides})
+        params["_type"] = self._llm_type
+        return params
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        raise NotImplementedError(
+            "chain-runner models are async: use ainvoke/abatch/astream (in a notebook: `await chain.ainvoke(...)`)"
+        )
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        limits = active_limits() or self.limits
+        params = {**kwargs, **self.overrides}
+        stream = bool(params.pop("stream", self.streaming))
+        item = current_item()
+
+        async def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            failure = classify(exc) if exc else None
+            delay = state.upcoming_sleep
+            if failure is not None and failure.throttled and limits is not None:
+                limits.concurrency.throttled()
+            if item is not None:
+                item.retries += 1
+            log.info(
+                "retry %d/%d in %.2fs: %s%s",
+                state.attempt_number,
+                self.max_retries,
+                delay,
+                failure.reason if failure else "unknown",
+                f" (Retry-After {failure.retry_after:g}s)" if failure and failure.retry_after is not None else "",
+            )
+            if run_manager is not None:
+                await run_manager.on_retry(state)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=self.wait,
+            retry=retry_if_exception(lambda exc: classify(exc).retryable),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        attempts = 0
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    result = await self._attempt(messages, stop, run_manager, params, stream, limits)
+        except Exception as exc:  # noqa: BLE001 - converted into one clear error
+            failure = classify(exc)
+            if failure.retryable or failure.status is not None:
+                raise final_error(exc, failure, attempts, timeout=self.timeout, base_url=self.base_url) from exc
+            raise
+        if limits is not None:
+            limits.concurrency.succeeded()
+        self._account(messages, result)
+        return result
+
+    async def _attempt(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+        params: dict[str, Any],
+        stream: bool,
+        limits: Limits | None,
+    ) -> ChatResult:
+        if limits is None:
+            return await self._request(messages, stop, run_manager, params, stream)
+        item = current_item()
+        waited = time.perf_counter()
+        async with limits.request():
+            if item is not None:
+                item.wait_s += time.perf_counter() - waited
+            return await self._request(messages, stop, run_manager, params, stream)
+
+    async def _request(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+        params: dict[str, Any],
+        stream: bool,
+    ) -> ChatResult:
+        if not stream:
+            return await self.inner._agenerate(messages, stop=stop, **params)
+        chunks: list[ChatGenerationChunk] = []
+        async with aclosing(self.inner._astream(messages, stop=stop, **params)) as source:
+            async for chunk in source:
+                if run_manager is not None and chunk.message.content:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                chunks.append(chunk)
+        if not chunks:
+            raise BrokenStreamError("the stream ended before any content")
+        if _finish_reason(chunks) is None:
+            raise BrokenStreamError("the stream ended without a finish reason")
+        return generate_from_stream(iter(chunks))
+
+    def _account(self, messages: list[BaseMessage], result: ChatResult) -> None:
+        message = result.generations[0].message if result.generations else None
+        item = current_item()
+        if item is not None:
+            item.model_calls += 1
+        if not isinstance(message, AIMessage):
+            return
+        if message.usage_metadata is None:
+            count, _exact = counter_for(self.token_model)
+            prompt = sum(count(m.text) for m in messages)
+            completion = count(message.text)
+            message.usage_metadata = UsageMetadata(
+                input_tokens=prompt, output_tokens=completion, total_tokens=prompt + completion
+            )
+            message.response_metadata["usage_estimated"] = True
+            if item is not None:
+                item.tokens_estimated = True

@@ -1,0 +1,154 @@
+"""Per-input metrics and the run summary built from them.
+
+``ItemMetrics`` is filled for one input by its ``MetricsHandler`` (latency,
+time to first token, tokens from the final usage) and by the managed model
+(retries, rate-limit waits, estimated usage).  ``RunSummary`` folds finished
+records into the run's numbers without keeping the records themselves.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from array import array
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class ItemMetrics:
+    """What one input cost and how long it took."""
+
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tokens_estimated: bool = False
+    model_calls: int = 0
+    retries: int = 0
+    wait_s: float = 0.0
+    cache_hits: int = 0
+    cost_usd: float | None = None
+    status: str = "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("latency_s", "ttft_s", "wait_s"):
+            if data[key] is not None:
+                data[key] = round(data[key], 4)
+        return data
+
+
+_current: contextvars.ContextVar[ItemMetrics | None] = contextvars.ContextVar(
+    "chain_runner_item", default=None
+)
+
+
+def current_item() -> ItemMetrics | None:
+    """The metrics of the input whose task this code runs in, if any."""
+    return _current.get()
+
+
+def set_current_item(item: ItemMetrics) -> contextvars.Token[ItemMetrics | None]:
+    return _current.set(item)
+
+
+def percentile(values: array[float] | list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of ``values``; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100.0 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class RunSummary:
+    """Run-level numbers; ``add`` each record's metrics, then ``to_dict``."""
+
+    started: float = field(default_factory=time.perf_counter)
+    finished: float | None = None
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    cancelled: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    retries: int = 0
+    wait_s: float = 0.0
+    cache_hits: int = 0
+    cost_usd: float = 0.0
+    tokens_estimated: bool = False
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    max_failures_listed: int = 50
+    _latencies: array[float] = field(default_factory=lambda: array("d"))
+    _ttfts: array[float] = field(default_factory=lambda: array("d"))
+
+    def add(self, index: int, metrics: ItemMetrics, error: dict[str, Any] | None) -> None:
+        if metrics.status == "skipped":
+            self.skipped += 1
+            return
+        if metrics.status == "cancelled":
+            self.cancelled += 1
+        elif error is None:
+            self.ok += 1
+        else:
+            self.failed += 1
+            if len(self.failures) < self.max_failures_listed:
+                self.failures.append({"index": index, **error})
+        self.input_tokens += metrics.input_tokens
+        self.output_tokens += metrics.output_tokens
+        self.retries += metrics.retries
+        self.wait_s += metrics.wait_s
+        self.cache_hits += metrics.cache_hits
+        self.tokens_estimated = self.tokens_estimated or metrics.tokens_estimated
+        if metrics.cost_usd:
+            self.cost_usd += metrics.cost_usd
+        if error is None and metrics.latency_s is not None:
+            self._latencies.append(metrics.latency_s)
+        if metrics.ttft_s is not None:
+            self._ttfts.append(metrics.ttft_s)
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.failed
+
+    @property
+    def wall_s(self) -> float:
+        end = self.finished if self.finished is not None else time.perf_counter()
+        return end - self.started
+
+    def finish(self) -> RunSummary:
+        if self.finished is None:
+            self.finished = time.perf_counter()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        wall = self.wall_s
+        rate = (lambda n: round(n / wall, 3) if wall > 0 else None)
+
+        def r(value: float | None) -> float | None:
+            return None if value is None else round(value, 4)
+
+        return {
+            "items": self.ok + self.failed + self.cancelled,
+            "ok": self.ok,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "skipped": self.skipped,
+            "wall_s": round(wall, 4),
+            "items_per_s": rate(self.ok + self.failed),
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "tokens_estimated": self.tokens_estimated,
+            "output_tokens_per_s": rate(self.output_tokens),
+            "latency_p50_s": r(percentile(self._latencies, 50)),
+            "latency_p95_s": r(percentile(self._latencies, 95)),
+            "ttft_p50_s": r(percentile(self._ttfts, 50)),
+            "ttft_p95_s": r(percentile(self._ttfts, 95)),
+            "retries": self.retries,
+            "rate_limit_wait_s": round(self.wait_s, 4),
+            "cache_hits": self.cache_hits,
+            "cost_usd": round(self.cost_usd, 6),
+            "failures": list(self.failures),
+        }

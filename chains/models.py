@@ -1,0 +1,164 @@
+"""The model factory: ``--model PROVIDER:MODEL`` and ``--base-url`` to one managed chat model.
+
+A ``ModelSession`` owns what a run shares: one chat model, one HTTP
+connection pool, one set of limits.  Open it once per run (or once per server
+process), close it at the end.  The OpenAI integration is imported only when
+an OpenAI model is used, so ``list``/``show`` and the offline model start fast.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from langchain_core.language_models import BaseChatModel
+
+from chains.errors import ModelConfigError
+from chains.limits import Limits
+from chains.managed import ManagedChatModel
+from chains.settings import DEFAULT_OPENAI_MODEL, FAKE_MODEL, RunSettings
+
+_SPEC = re.compile(r"^(?P<provider>[a-z][a-z0-9_-]*):(?P<name>\S+)$")
+NO_KEY_NOTICE = (
+    "no OPENAI_API_KEY set: using the offline 'fake' model "
+    "(set OPENAI_API_KEY, or pass --model/--base-url, to use a real one)"
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    provider: str
+    name: str
+
+    def __str__(self) -> str:
+        return FAKE_MODEL if self.provider == FAKE_MODEL else f"{self.provider}:{self.name}"
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """``openai:gpt-4o-mini`` → ModelSpec; ``fake`` is the offline model."""
+    text = text.strip()
+    if text in (FAKE_MODEL, "fake:fake"):
+        return ModelSpec(FAKE_MODEL, FAKE_MODEL)
+    match = _SPEC.match(text)
+    if not match:
+        raise ModelConfigError(
+            f"--model {text!r} is not PROVIDER:MODEL; use e.g. openai:gpt-4o-mini, or 'fake' for the offline model"
+        )
+    return ModelSpec(match["provider"], match["name"])
+
+
+def resolve_model_spec(settings: RunSettings) -> tuple[ModelSpec, str | None]:
+    """The model to use and, when it was chosen for the user, a one-line notice."""
+    if settings.model:
+        return parse_model_spec(settings.model), None
+    if settings.api_key is not None or settings.base_url:
+        return parse_model_spec(DEFAULT_OPENAI_MODEL), None
+    return ModelSpec(FAKE_MODEL, FAKE_MODEL), NO_KEY_NOTICE
+
+
+def _create_openai(spec: ModelSpec, settings: RunSettings, http_client: Any) -> BaseChatModel:
+    from langchain_openai import ChatOpenAI
+
+    if settings.api_key is None and not settings.base_url:
+        raise ModelConfigError(
+            f"--model {spec} needs OPENAI_API_KEY; export it, pass --base-url for a local "
+            "OpenAI-compatible server, or use --model fake"
+        )
+    key = settings.api_key.get_secret_value() if settings.api_key is not None else "not-needed"
+    kwargs: dict[str, Any] = {
+        "model": spec.name,
+        "api_key": key,
+        "base_url": settings.base_url,
+        "max_retries": 0,  # the runner is the one retry layer
+        "timeout": settings.timeout,
+        "stream_usage": True,  # also for custom base URLs, where it is off by default
+        "http_async_client": http_client,
+    }
+    return ChatOpenAI(**kwargs)
+
+
+def _create_other(spec: ModelSpec, settings: RunSettings) -> BaseChatModel:
+    try:
+        from langchain.chat_models import init_chat_model
+    except ImportError as exc:  # pragma: no cover - langchain is a dependency
+        raise ModelConfigError(f"--model {spec} needs the 'langchain' package: pip install langchain") from exc
+    try:
+        return init_chat_model(f"{spec.provider}:{spec.name}", max_retries=0, timeout=settings.timeout)
+    except ImportError as exc:
+        raise ModelConfigError(
+            f"--model {spec}: the provider's integration is not installed ({exc}); "
+            f"pip install langchain-{spec.provider}"
+        ) from exc
+    except ValueError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelConfigError(f"--model {spec}: {first}; use a provider LangChain knows, e.g. openai:gpt-4o-mini") from exc
+
+
+class ModelSession:
+    """One chat model, one HTTP pool and one set of limits, shared by a whole run."""
+
+    def __init__(self, settings: RunSettings | None = None, *, limits: Limits | None = None) -> None:
+        self.settings = settings or RunSettings.from_env()
+        self.spec, self.notice = resolve_model_spec(self.settings)
+        self.limits = limits or Limits.create(self.settings.max_concurrency)
+        self._http: Any = None
+        self.inner = self._create_inner()
+        self.model = ManagedChatModel(
+            inner=self.inner,
+            streaming=self.settings.stream,
+            max_retries=self.settings.max_retries,
+            timeout=self.settings.timeout,
+            overrides=self.settings.model_overrides(),
+            limits=self.limits,
+            base_url=self.settings.base_url,
+            token_model=self.spec.name,
+        )
+
+    def _create_inner(self) -> BaseChatModel:
+        if self.spec.provider == FAKE_MODEL:
+            from chains.fake import FakeChatModel
+
+            return FakeChatModel(token_delay=self.settings.fake_token_delay)
+        if self.spec.provider == "openai":
+            import httpx
+
+            connections = max(10, self.settings.max_concurrency * 2)
+            self._http = httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+                timeout=httpx.Timeout(self.settings.timeout, connect=min(10.0, self.settings.timeout)),
+            )
+            return _create_openai(self.spec, self.settings, self._http)
+        return _create_other(self.spec, self.settings)
+
+    def announce(self, stream: TextIO | None = None) -> None:
+        """Print the one-line notice (e.g. offline model chosen) if there is one."""
+        if self.notice:
+            print(self.notice, file=stream or sys.stderr)
+
+    async def check_reachable(self) -> None:
+        """Fail fast, with one clear line, when ``--base-url`` cannot be reached at all."""
+        if not self.settings.base_url or self._http is None:
+            return
+        import httpx
+
+        url = self.settings.base_url.rstrip("/") + "/models"
+        try:
+            await self._http.get(url, timeout=min(5.0, self.settings.timeout))
+        except httpx.TransportError as exc:
+            raise ModelConfigError(
+                f"cannot reach --base-url {self.settings.base_url} ({type(exc).__name__}); "
+                "start the server or fix the URL"
+            ) from exc
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def __aenter__(self) -> ModelSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,77 @@
+"""One typed settings object for a run, and the one place it becomes a ``RunnableConfig``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.runnables import RunnableConfig
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+DEFAULT_MAX_CONCURRENCY = 8
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_OPENAI_MODEL = "openai:gpt-4o-mini"
+FAKE_MODEL = "fake"
+
+
+class RunSettings(BaseModel):
+    """How a run talks to its model and how hard it pushes."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: str | None = Field(
+        default=None,
+        description="PROVIDER:MODEL (e.g. openai:gpt-4o-mini) or 'fake'; None picks the default",
+    )
+    base_url: str | None = Field(default=None, description="OpenAI-compatible server URL")
+    api_key: SecretStr | None = Field(default=None, description="API key; defaults to OPENAI_API_KEY")
+    max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=10_000)
+    stream: bool = Field(default=False, description="stream each request (live tokens, time to first token)")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+    timeout: float = Field(default=DEFAULT_TIMEOUT_S, gt=0)
+    max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0, le=100)
+    fake_token_delay: float = Field(default=0.0, ge=0, description="seconds per token on the fake model")
+    prompts_dirs: list[str] = Field(default_factory=list, description="extra prompt directories")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **values: Any) -> RunSettings:
+        """Settings with the key and base URL taken from the environment when not given."""
+        env = os.environ if env is None else env
+        values = {k: v for k, v in values.items() if v is not None}
+        if "api_key" not in values and env.get("OPENAI_API_KEY"):
+            values["api_key"] = env["OPENAI_API_KEY"]
+        if "base_url" not in values and env.get("OPENAI_BASE_URL"):
+            values["base_url"] = env["OPENAI_BASE_URL"]
+        return cls(**values)
+
+    def model_overrides(self) -> dict[str, Any]:
+        """Request parameters given explicitly for the run; they win over prompt files."""
+        overrides: dict[str, Any] = {}
+        if self.temperature is not None:
+            overrides["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            overrides["max_tokens"] = self.max_tokens
+        return overrides
+
+    def to_runnable_config(
+        self,
+        *,
+        callbacks: Sequence[BaseCallbackHandler] = (),
+        metadata: Mapping[str, Any] | None = None,
+        tags: Sequence[str] = (),
+        run_name: str | None = None,
+    ) -> RunnableConfig:
+        """The ``RunnableConfig`` for one input of this run."""
+        config = RunnableConfig(
+            max_concurrency=self.max_concurrency,
+            callbacks=list(callbacks),
+            tags=["chain-runner", *tags],
+            metadata=dict(metadata or {}),
+        )
+        if run_name:
+            config["run_name"] = run_name
+        return config

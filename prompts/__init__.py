@@ -1,0 +1,1 @@
+"""Prompt files shipped with chain-runner; installed as the ``chains.prompts`` package."""

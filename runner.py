@@ -1,0 +1,180 @@
+#!/usr/bin/env python
+"""chain-runner's command line: parses arguments, calls the library, maps errors to exit codes.
+
+    python runner.py story --topics examples/topics.txt
+    python runner.py run summarize --input texts.jsonl --output out.jsonl
+    python runner.py list | show CHAIN
+
+Only this file calls ``asyncio.run``; everything else is async library code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line naming the fix (exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"error: {message} (see: {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value:g}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each request decision; show tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress, notices or summary on stderr")
+    parser.add_argument("--prompts-dir", action="append", default=[], metavar="DIR", help="also load prompt files from DIR (repeatable)")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", metavar="PROVIDER:MODEL", help="e.g. openai:gpt-4o-mini, or 'fake' (default: fake without OPENAI_API_KEY)")
+    model.add_argument("--base-url", metavar="URL", help="OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio); default $OPENAI_BASE_URL")
+    model.add_argument("--temperature", type=_non_negative_float, help="override the prompt files' temperature")
+    model.add_argument("--max-tokens", type=_positive_int, help="override the prompt files' max_tokens")
+    model.add_argument("--timeout", type=_non_negative_float, default=None, help="seconds per request (default 60)")
+    model.add_argument("--max-retries", type=int, default=None, help="retries per request for transient failures (default 5)")
+    model.add_argument("--fake-delay", type=_non_negative_float, default=None, metavar="SECONDS", help="per-token delay of the fake model")
+    run = parser.add_argument_group("run")
+    run.add_argument("--max-concurrency", type=_positive_int, default=None, metavar="N", help="never more than N model requests in flight (default 8)")
+    run.add_argument("--output", metavar="FILE.jsonl", help="write one JSON record per input as each finishes")
+    run.add_argument("--metrics-out", metavar="FILE.json", help="write the run summary as JSON")
+    run.add_argument("--stream", dest="stream", action="store_true", default=None, help="stream tokens (live text for one input; time to first token)")
+    run.add_argument("--no-stream", dest="stream", action="store_false", help="do not stream (default for many inputs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="runner.py", description="Run LangChain chains built from declarative prompt files over many inputs.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    story = commands.add_parser("story", help="write a story for every topic in a file", description="Write a story for every topic in FILE (one per line; blank and # lines skipped; - reads stdin).")
+    story.add_argument("--topics", required=True, metavar="FILE", help="topics file, one per line (- for stdin)")
+    _add_run_options(story)
+    _add_common(story)
+
+    run = commands.add_parser("run", help="run any chain over an input file", description="Run CHAIN over FILE: JSONL objects, CSV with a header, or plain lines for a one-input chain.")
+    run.add_argument("chain", help="chain name (see: runner.py list)")
+    run.add_argument("--input", required=True, metavar="FILE", help="inputs: .jsonl, .csv, or plain lines (- for stdin)")
+    _add_run_options(run)
+    _add_common(run)
+
+    listing = commands.add_parser("list", help="list the chains", description="List every chain with its inputs.")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_common(listing)
+
+    show = commands.add_parser("show", help="show a chain's prompts and inputs", description="Show a chain's inputs, prompt files and messages.")
+    show.add_argument("chain")
+    _add_common(show)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> object:
+    from chains.settings import RunSettings
+
+    values = {
+        "model": args.model,
+        "base_url": args.base_url,
+        "max_concurrency": args.max_concurrency,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "timeout": args.timeout,
+        "max_retries": args.max_retries,
+        "fake_token_delay": args.fake_delay,
+        "prompts_dirs": args.prompts_dir,
+    }
+    return RunSettings.from_env(**values)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from chains import app
+
+    if args.command == "list":
+        return app.list_command(args.prompts_dir, as_json=args.json)
+    if args.command == "show":
+        return app.show_command(args.chain, args.prompts_dir)
+    import asyncio
+
+    options = app.RunOptions(
+        chain="story" if args.command == "story" else args.chain,
+        source=args.topics if args.command == "story" else args.input,
+        topics=args.command == "story",
+        output=args.output,
+        metrics_out=args.metrics_out,
+        stream=args.stream,
+        quiet=args.quiet,
+        prompts_dirs=args.prompts_dir,
+    )
+    return asyncio.run(app.run_command(options, _settings(args)))  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from chains.errors import ChainRunnerError
+
+    try:
+        return _dispatch(args)
+    except ChainRunnerError as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            raise
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            print(f"error: {field}: {first['msg']} (got {first.get('input')!r})", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"error: {type(exc).__name__}: {exc} (run again with -v for the traceback)", file=sys.stderr)
+        return 1
+
+
+def main_entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONIOENCODING", "utf-8")
+    sys.exit(main())
