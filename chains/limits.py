@@ -39,32 +39,35 @@ class ConcurrencyLimit:
         return max(1, int(self.current))
 
     async def acquire(self) -> None:
-        if self.in_flight >= self._capacity() or self._waiters:
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(future)
-            try:
-                await future
-            except BaseException:
-                if future in self._waiters:
-                    self._waiters.remove(future)
-                elif future.done() and not future.cancelled():
-                    # We were handed a slot but are leaving: pass it on.
-                    self._wake()
-                raise
+        if self.in_flight < self._capacity() and not self._waiters:
+            self._take()
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await future  # a releaser hands its slot over: ``_take`` already ran for us
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self.release()  # we were handed a slot but are leaving: give it back
+            elif future in self._waiters:
+                self._waiters.remove(future)
+            raise
+
+    def _take(self) -> None:
         self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
+        if self.in_flight > self.peak:
+            self.peak = self.in_flight
 
     def release(self) -> None:
         self.in_flight -= 1
         self._wake()
 
     def _wake(self) -> None:
-        free = self._capacity() - self.in_flight
-        while free > 0 and self._waiters:
+        while self._waiters and self.in_flight < self._capacity():
             future = self._waiters.popleft()
             if not future.done():
+                self._take()
                 future.set_result(None)
-                free -= 1
 
     def throttled(self) -> None:
         """A 429 from the provider: halve the window."""

@@ -1,0 +1,56 @@
+"""Shared fixtures: every test runs isolated from the developer's environment and files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+from fault_server import FaultServer, fault_server_fixture  # noqa: E402
+
+_PROVIDER_VARS = (
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OPENAI_ORG_ID",
+    "OPENAI_PROJECT_ID",
+    "ANTHROPIC_API_KEY",
+    "RUNNER_API_KEY",
+    "LANGCHAIN_TRACING_V2",
+    "LANGSMITH_TRACING",
+    "LANGSMITH_API_KEY",
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """No provider keys or URLs from the real environment, no proxies, and a scratch cwd."""
+    for name in _PROVIDER_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / ".tiktoken"))
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+
+
+@pytest.fixture
+def fault_server() -> Iterator[FaultServer]:
+    """A fault-injecting OpenAI-compatible server on 127.0.0.1 (real HTTP, JSON and SSE)."""
+    yield from fault_server_fixture()
+
+
+def runner_env(**extra: str) -> dict[str, str]:
+    """Environment for a CLI subprocess: the isolated env plus the repo on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
