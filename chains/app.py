@@ -7,6 +7,7 @@ error (raised as ``UsageError`` and mapped by the caller), 130 interrupted.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import sys
@@ -90,15 +91,9 @@ def show_command(name: str, prompts_dirs: list[str]) -> int:
 
 async def run_command(options: RunOptions, settings: RunSettings) -> int:
     """``story`` / ``run``: every input to one record, a summary at the end."""
-    from rich.console import Console
-
-    from chains.console import ProgressDisplay, live_token_handler, print_summary
-    from chains.execution import run_batch
     from chains.inputs import count_inputs, detect_format, read_inputs, read_topics
-    from chains.models import ModelSession
     from chains.prompts_library import PromptLibrary
-    from chains.registry import chain_info, get_chain
-    from chains.sinks import JsonlSink, TextSink
+    from chains.registry import chain_info
 
     library = PromptLibrary(options.prompts_dirs)
     info = chain_info(options.chain, library)
@@ -108,12 +103,32 @@ async def run_command(options: RunOptions, settings: RunSettings) -> int:
                 f"--topics gives each line as 'topic', but {info.name} needs {', '.join(info.required)}; "
                 f"use: runner.py run {info.name} --input FILE"
             )
-        inputs: Any = read_topics(options.source)
+        rows = read_topics(options.source)
         fmt = "lines"
     else:
         fmt = detect_format(options.source)
-        inputs = read_inputs(options.source, chain=info.name, required=info.required, fmt=fmt)
-    total = count_inputs(options.source, fmt)
+        rows = read_inputs(options.source, chain=info.name, required=info.required, fmt=fmt)
+    try:
+        total = count_inputs(options.source, fmt)
+        inputs: Any = rows
+        if total is None:  # standard input: look ahead two rows to know whether it is a single input
+            head = list(itertools.islice(rows, 2))
+            inputs = itertools.chain(head, rows)
+            total = 1 if len(head) == 1 else None
+        return await _run(options, settings, library, info, inputs, total)
+    finally:
+        rows.close()
+
+
+async def _run(options: RunOptions, settings: RunSettings, library: Any, info: Any, inputs: Any, total: int | None) -> int:
+    from rich.console import Console
+
+    from chains.console import ProgressDisplay, live_token_handler, print_summary
+    from chains.execution import run_batch
+    from chains.models import ModelSession
+    from chains.registry import get_chain
+    from chains.sinks import JsonlSink, TextSink
+
     single = total == 1
     stream = options.stream if options.stream is not None else (single and not options.quiet)
     settings = settings.model_copy(update={"stream": stream})
@@ -123,7 +138,6 @@ async def run_command(options: RunOptions, settings: RunSettings) -> int:
     if not options.quiet:
         session.announce()
     sink: Any = None
-    batch = None
     interrupted = False
     async with session:
         await session.check_reachable()
@@ -142,8 +156,8 @@ async def run_command(options: RunOptions, settings: RunSettings) -> int:
                     sink.write(record)
                 if live:
                     sys.stdout.write("\n" if record.ok else "")
-                    if not record.ok:
-                        stderr.print(f"[red]failed[/red]: {record.error['message']}", highlight=False)  # type: ignore[index]
+                    if record.error is not None:
+                        stderr.print(f"[red]failed[/red]: {record.error['message']}", highlight=False)
                 if progress is not None:
                     progress.update(record, batch)
         except asyncio.CancelledError:

@@ -56,20 +56,33 @@ def _lines(handle: TextIO) -> Iterator[tuple[int, str]]:
             handle.close()
 
 
-def _non_empty(rows: Iterator[Any], path: str, flag: str, what: str) -> Iterator[Any]:
+class Rows(Iterator[Any]):
+    """A lazy row iterator whose ``close()`` closes the file behind it."""
+
+    def __init__(self, first: Any, rows: Iterator[Any]) -> None:
+        self._head = [first]
+        self._rows = rows
+
+    def __next__(self) -> Any:
+        if self._head:
+            return self._head.pop()
+        return next(self._rows)
+
+    def close(self) -> None:
+        close = getattr(self._rows, "close", None)
+        if close is not None:
+            close()
+
+
+def _non_empty(rows: Iterator[Any], path: str, flag: str, what: str) -> Rows:
     """Fail with one line when the source has no rows at all; stay lazy otherwise."""
     first = next(rows, None)
     if first is None:
         raise UsageError(f"{flag} {path}: no {what} found; add at least one (blank lines and # lines are skipped)")
-
-    def chain() -> Iterator[Any]:
-        yield first
-        yield from rows
-
-    return chain()
+    return Rows(first, rows)
 
 
-def read_topics(path: str, variable: str = "topic") -> Iterator[dict[str, Any]]:
+def read_topics(path: str, variable: str = "topic") -> Rows:
     """One topic per line; blank lines and ``#`` lines skipped; ``-`` reads stdin."""
     rows = ({variable: text} for _, text in _lines(_open(path, "--topics")))
     return _non_empty(rows, path, "--topics", "topics")
@@ -99,7 +112,7 @@ def detect_format(path: str) -> str:
 
 def read_inputs(
     path: str, *, chain: str, required: Sequence[str], fmt: str | None = None
-) -> Iterator[dict[str, Any] | RowError]:
+) -> Rows:
     """Rows for ``chain`` from JSONL objects, CSV with a header, or plain lines (one-variable chains)."""
     fmt = fmt or detect_format(path)
     handle = _open(path, "--input")

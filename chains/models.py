@@ -74,7 +74,10 @@ def _create_openai(spec: ModelSpec, settings: RunSettings, http_client: Any) -> 
         "max_retries": 0,  # the runner is the one retry layer
         "timeout": settings.timeout,
         "stream_usage": True,  # also for custom base URLs, where it is off by default
-        "http_async_client": http_client,
+        "http_async_client": http_client,  # our pool: one per run, sized to --max-concurrency
+        # The sync client is never used; without this langchain-openai would build one with
+        # its own transport (and warn when a proxy variable such as NO_PROXY is set).
+        "http_socket_options": (),
     }
     return ChatOpenAI(**kwargs)
 
