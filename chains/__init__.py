@@ -45,7 +45,33 @@ _EXPORTS = {
     "TokenStreamHandler": "chains.callbacks",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BatchRun",
+    "ChainInfo",
+    "FakeChatModel",
+    "ItemMetrics",
+    "Limits",
+    "ManagedChatModel",
+    "MetricsHandler",
+    "ModelSession",
+    "PromptLibrary",
+    "PromptSpec",
+    "Record",
+    "RunSettings",
+    "RunSummary",
+    "StreamEvent",
+    "TokenStreamHandler",
+    "build_story_chain",
+    "build_summarize_chain",
+    "build_translate_chain",
+    "chain_info",
+    "compile_spec",
+    "get_chain",
+    "list_chains",
+    "load_spec",
+    "run_batch",
+    "stream_one",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -172,13 +172,20 @@ async def _run(options: RunOptions, settings: RunSettings, library: Any, info: A
                 sink.close()
     summary = batch.summary.finish().to_dict()
     if options.metrics_out:
-        Path(options.metrics_out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_json(options.metrics_out, summary)
     if not options.quiet:
         print_summary(summary, stderr)
     if interrupted:
         stderr.print("interrupted: stopped admitting inputs; every finished record was written")
         return EXIT_INTERRUPTED
     return EXIT_FAILED if summary["failed"] else EXIT_OK
+
+
+def write_json(path: str, data: Any) -> None:
+    try:
+        Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write ({exc.strerror}); pick a writable path") from exc
 
 
 def _install_signal_handlers() -> asyncio.Event:

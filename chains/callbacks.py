@@ -14,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackHandler
-from langchain_core.outputs import LLMResult
+from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
 
 from chains.metrics import ItemMetrics
 
@@ -37,7 +37,16 @@ class MetricsHandler(AsyncCallbackHandler):
         self.item = item
         self.started = time.perf_counter() if started is None else started
 
-    async def on_llm_new_token(self, token: str, *, tags: list[str] | None = None, **kwargs: Any) -> None:
+    async def on_llm_new_token(
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if self.item.ttft_s is None and token and _visible(tags):
             self.item.ttft_s = time.perf_counter() - self.started
 
@@ -69,10 +78,19 @@ class TokenStreamHandler(AsyncCallbackHandler):
         self.buffers: dict[UUID, list[str]] = {}
 
     async def on_llm_new_token(
-        self, token: str, *, run_id: UUID, tags: list[str] | None = None, **kwargs: Any
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
         if not token or not _visible(tags):
             return
+        if not isinstance(token, str):
+            token = chunk.text if chunk is not None else ""
         self.buffers.setdefault(run_id, []).append(token)
         result = self.on_token(run_id, token)
         if result is not None:

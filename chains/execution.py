@@ -119,7 +119,7 @@ class BatchRun:
         except asyncio.CancelledError:
             item.status = "cancelled"
             raise
-        except Exception as exc:  # noqa: BLE001 - one failing input never stops the others
+        except Exception as exc:  # one failing input never stops the others
             error = error_dict(exc)
             item.status = "failed"
         item.latency_s = time.perf_counter() - started

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -135,7 +136,7 @@ class ManagedChatModel(BaseChatModel):
                 with attempt:
                     attempts += 1
                     result = await self._attempt(messages, stop, run_manager, params, stream, limits)
-        except Exception as exc:  # noqa: BLE001 - converted into one clear error
+        except Exception as exc:  # converted into one clear error
             failure = classify(exc)
             if failure.retryable or failure.status is not None:
                 raise final_error(exc, failure, attempts, timeout=self.timeout, base_url=self.base_url) from exc
@@ -174,7 +175,8 @@ class ManagedChatModel(BaseChatModel):
         if not stream:
             return await self.inner._agenerate(messages, stop=stop, **params)
         chunks: list[ChatGenerationChunk] = []
-        async with aclosing(self.inner._astream(messages, stop=stop, **params)) as source:
+        source_iter = cast(AsyncGenerator[ChatGenerationChunk, None], self.inner._astream(messages, stop=stop, **params))
+        async with aclosing(source_iter) as source:
             async for chunk in source:
                 if run_manager is not None and chunk.message.content:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)

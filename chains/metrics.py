@@ -125,7 +125,9 @@ class RunSummary:
 
     def to_dict(self) -> dict[str, Any]:
         wall = self.wall_s
-        rate = (lambda n: round(n / wall, 3) if wall > 0 else None)
+
+        def rate(n: float) -> float | None:
+            return round(n / wall, 3) if wall > 0 else None
 
         def r(value: float | None) -> float | None:
             return None if value is None else round(value, 4)

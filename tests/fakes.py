@@ -9,6 +9,7 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from pydantic import Field
 
 from chains.fake import FakeChatModel
 
@@ -36,7 +37,7 @@ class ProbeModel(FakeChatModel):
 
     delay: float = 0.0
     fail_marker: str = "FAIL"
-    transient: dict[str, int] = {}
+    transient: dict[str, int] = Field(default_factory=dict)
     calls: int = 0
     in_flight: int = 0
     peak: int = 0

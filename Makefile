@@ -1,0 +1,22 @@
+# One set of commands for developers and CI.
+PYTHON ?= python
+
+.PHONY: install lint test test-all bench bench-smoke story
+
+install:
+	$(PYTHON) -m pip install -e '.[dev]'
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
+
+# Everyday: everything but the tests that need the real model server, the notebook or a wheel build.
+test:
+	$(PYTHON) -m pytest -q -m "not slow"
+
+# Everything, as CI runs it.
+test-all:
+	$(PYTHON) -m pytest -q
+
+story:
+	$(PYTHON) runner.py story --topics examples/topics.txt
