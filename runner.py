@@ -46,6 +46,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log each request decision; show tracebacks")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress, notices or summary on stderr")
@@ -67,6 +74,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--metrics-out", metavar="FILE.json", help="write the run summary as JSON")
     run.add_argument("--stream", dest="stream", action="store_true", default=None, help="stream tokens (live text for one input; time to first token)")
     run.add_argument("--no-stream", dest="stream", action="store_false", help="do not stream (default for many inputs)")
+    limits = parser.add_argument_group("limits, resume and cost")
+    limits.add_argument("--rpm", type=_positive_float, help="requests per minute, shared by every request of the run")
+    limits.add_argument("--tpm", type=_positive_float, help="tokens per minute (estimated before, settled after each request)")
+    limits.add_argument("--resume", action="store_true", help="skip inputs that already have a success record in --output")
+    limits.add_argument("--cache", metavar="FILE.sqlite", help="answer identical requests from this cache")
+    limits.add_argument("--max-cost", type=_non_negative_float, metavar="USD", help="stop admitting inputs before the run would cost more")
+    limits.add_argument("--prices", metavar="FILE", help='price table, JSON/YAML: {"model": {"input": USD, "output": USD}} per 1M tokens')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="show a chain's prompts and inputs", description="Show a chain's inputs, prompt files and messages.")
     show.add_argument("chain")
     _add_common(show)
+
+    serve = commands.add_parser("serve", help="serve every chain over HTTP", description="Serve every chain over HTTP (FastAPI + uvicorn): /chains, /chains/NAME/invoke|batch|stream, /healthz, /metrics, /docs.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    serve.add_argument("--api-key", metavar="KEY", default=None, help="require 'Authorization: Bearer KEY' on every route but /healthz (default $RUNNER_API_KEY)")
+    serve.add_argument("--log", metavar="FILE.jsonl", default=None, help="append one JSON line per generation")
+    serve.add_argument("--grace", type=_non_negative_float, default=10.0, metavar="SECONDS", help="on SIGTERM, let in-flight requests finish for up to SECONDS (default 10)")
+    _add_run_options(serve)
+    _add_common(serve)
     return parser
 
 
@@ -107,6 +130,11 @@ def _settings(args: argparse.Namespace) -> object:
         "timeout": args.timeout,
         "max_retries": args.max_retries,
         "fake_token_delay": args.fake_delay,
+        "rpm": args.rpm,
+        "tpm": args.tpm,
+        "max_cost": args.max_cost,
+        "prices": args.prices,
+        "cache": args.cache,
         "prompts_dirs": args.prompts_dir,
     }
     return RunSettings.from_env(**values)
@@ -121,12 +149,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         return app.show_command(args.chain, args.prompts_dir)
     import asyncio
 
+    if args.command == "serve":
+        from chains.server import serve
+
+        return asyncio.run(serve(_settings(args), host=args.host, port=args.port, api_key=args.api_key, log_path=args.log, grace=args.grace, quiet=args.quiet))  # type: ignore[arg-type]
+
     options = app.RunOptions(
         chain="story" if args.command == "story" else args.chain,
         source=args.topics if args.command == "story" else args.input,
         topics=args.command == "story",
         output=args.output,
         metrics_out=args.metrics_out,
+        resume=args.resume,
         stream=args.stream,
         quiet=args.quiet,
         prompts_dirs=args.prompts_dir,

@@ -30,6 +30,7 @@ class RunOptions:
     topics: bool = False
     output: str | None = None
     metrics_out: str | None = None
+    resume: bool = False
     stream: bool | None = None
     quiet: bool = False
     prompts_dirs: list[str] = field(default_factory=list)
@@ -95,6 +96,8 @@ async def run_command(options: RunOptions, settings: RunSettings) -> int:
     from chains.prompts_library import PromptLibrary
     from chains.registry import chain_info
 
+    if options.resume and not options.output:
+        raise UsageError("--resume needs --output FILE.jsonl (the records of the run to resume)")
     library = PromptLibrary(options.prompts_dirs)
     info = chain_info(options.chain, library)
     if options.topics:
@@ -127,6 +130,7 @@ async def _run(options: RunOptions, settings: RunSettings, library: Any, info: A
     from chains.execution import run_batch
     from chains.models import ModelSession
     from chains.registry import get_chain
+    from chains.resume import done_keys, input_key
     from chains.sinks import JsonlSink, TextSink
 
     single = total == 1
@@ -144,8 +148,12 @@ async def _run(options: RunOptions, settings: RunSettings, library: Any, info: A
         chain = get_chain(info.name, session.model, library=library)
         live = single and stream and not options.quiet
         callbacks = [live_token_handler()] if live else []
-        sink = JsonlSink(options.output) if options.output else (None if live else TextSink())
-        batch = run_batch(chain, inputs, settings=settings, limits=session.limits, callbacks=callbacks)
+        key = input_key(info.digest, session.identity, settings.model_overrides())
+        skip = done_keys(options.output) if options.resume and options.output else set()
+        sink = JsonlSink(options.output, append=options.resume) if options.output else (None if live else TextSink())
+        batch = run_batch(
+            chain, inputs, settings=settings, limits=session.limits, callbacks=callbacks, key=key, skip=skip
+        )
         progress = None if (single or options.quiet) else ProgressDisplay(total, info.name, stderr)
         stop = _install_signal_handlers()
         try:
@@ -178,7 +186,7 @@ async def _run(options: RunOptions, settings: RunSettings, library: Any, info: A
     if interrupted:
         stderr.print("interrupted: stopped admitting inputs; every finished record was written")
         return EXIT_INTERRUPTED
-    return EXIT_FAILED if summary["failed"] else EXIT_OK
+    return EXIT_FAILED if summary["failed"] or summary["not_run"] else EXIT_OK
 
 
 def write_json(path: str, data: Any) -> None:

@@ -55,6 +55,8 @@ class MetricsHandler(AsyncCallbackHandler):
             for generation in generations:
                 message = getattr(generation, "message", None)
                 usage = getattr(message, "usage_metadata", None)
+                if message is not None and message.response_metadata.get("cache_hit"):
+                    continue  # answered from the cache: no tokens billed
                 if usage:
                     self.item.input_tokens += int(usage.get("input_tokens", 0))
                     self.item.output_tokens += int(usage.get("output_tokens", 0))

@@ -71,7 +71,7 @@ class ProgressDisplay:
         elapsed = max(1e-9, time.perf_counter() - self._started)
         self.progress.update(
             self.task,
-            completed=summary.done + summary.skipped,
+            completed=summary.done + summary.skipped + summary.not_run,
             failed=summary.failed,
             in_flight=batch.in_flight,
             tps=f"{summary.output_tokens / elapsed:,.0f}",
@@ -105,6 +105,8 @@ def summary_table(summary: dict[str, Any], title: str = "run summary") -> Table:
     ]
     if summary.get("cancelled"):
         rows.insert(1, ("cancelled", _fmt(summary["cancelled"])))
+    if summary.get("not_run"):
+        rows.insert(1, ("not run (--max-cost reached)", _fmt(summary["not_run"])))
     if summary.get("skipped"):
         rows.insert(1, ("skipped (already done)", _fmt(summary["skipped"])))
     if summary.get("cache_hits"):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -26,7 +26,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import Runnable
 
 from chains.callbacks import MetricsHandler, TokenStreamHandler
-from chains.errors import ChainRunnerError, ProviderError
+from chains.errors import BudgetExceededError, ChainRunnerError, ProviderError
 from chains.limits import Limits, use_limits
 from chains.metrics import ItemMetrics, RunSummary, set_current_item
 from chains.settings import RunSettings
@@ -43,19 +43,24 @@ class Record:
     output: Any = None
     error: dict[str, Any] | None = None
     metrics: ItemMetrics = field(default_factory=ItemMetrics)
+    key: str | None = None
+    """Identifies the input for ``--resume`` (chain, prompt files, input, model, parameters)."""
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "index": self.index,
             "input": self.input,
             "output": self.output,
             "error": self.error,
             "metrics": self.metrics.to_dict(),
         }
+        if self.key is not None:
+            data["key"] = self.key
+        return data
 
 
 def error_dict(exc: BaseException) -> dict[str, Any]:
@@ -90,8 +95,12 @@ class BatchRun:
         limits: Limits | None = None,
         callbacks: Sequence[BaseCallbackHandler] = (),
         start_index: int = 0,
+        key: Callable[[Any], str] | None = None,
+        skip: Container[str] = (),
     ) -> None:
         self.chain = chain
+        self.key = key
+        self.skip = skip
         self.inputs = inputs
         self.settings = settings or RunSettings()
         self.limits = limits or Limits.create(self.settings.max_concurrency)
@@ -104,7 +113,7 @@ class BatchRun:
         """Run one input to its record; failures become error records, never exceptions."""
         item = ItemMetrics()
         if isinstance(value, BaseException):
-            item.status = "failed"
+            item.status = "not_run" if isinstance(value, BudgetExceededError) else "failed"
             return Record(index, getattr(value, "input", None), None, error_dict(value), item)
         set_current_item(item)  # task-local: each input runs in its own task
         started = time.perf_counter()
@@ -121,7 +130,7 @@ class BatchRun:
             raise
         except Exception as exc:  # one failing input never stops the others
             error = error_dict(exc)
-            item.status = "failed"
+            item.status = "not_run" if isinstance(exc, BudgetExceededError) else "failed"
         item.latency_s = time.perf_counter() - started
         return Record(index, value, output, error, item)
 
@@ -144,10 +153,15 @@ class BatchRun:
                         except StopAsyncIteration:
                             exhausted = True
                             break
-                        if isinstance(value, BaseException):
-                            yield self._record_done(await self.run_one(index, value))
+                        key = self.key(value) if self.key is not None and not isinstance(value, BaseException) else None
+                        if key is not None and key in self.skip:
+                            self.summary.skipped += 1  # already has a success record: no request
+                        elif isinstance(value, BaseException):
+                            yield self._keyed(await self.run_one(index, value), key)
+                        elif self.limits.budget is not None and self.limits.budget.exhausted:
+                            yield self._keyed(await self.run_one(index, self._not_run(value)), key)
                         else:
-                            pending.add(asyncio.create_task(self.run_one(index, value)))
+                            pending.add(asyncio.create_task(self._run_keyed(index, value, key)))
                         index += 1
                     self.in_flight = len(pending)
                     if not pending:
@@ -156,6 +170,7 @@ class BatchRun:
                     self.in_flight = len(pending)
                     for task in done:
                         yield self._record_done(task.result())
+
             finally:
                 for task in pending:
                     task.cancel()
@@ -163,6 +178,25 @@ class BatchRun:
                     await asyncio.gather(*pending, return_exceptions=True)
                 self.in_flight = 0
                 self.summary.finish()
+
+    def _keyed(self, record: Record, key: str | None) -> Record:
+        record.key = key
+        return self._record_done(record)
+
+    async def _run_keyed(self, index: int, value: Any, key: str | None) -> Record:
+        record = await self.run_one(index, value)
+        record.key = key
+        return record
+
+    def _not_run(self, value: Any) -> BudgetExceededError:
+        budget = self.limits.budget
+        assert budget is not None
+        error = BudgetExceededError(
+            f"not run: --max-cost ${budget.max_usd:g} reached (spent ${budget.spent:.4f}); "
+            "raise --max-cost and use --resume to run the rest"
+        )
+        error.input = value  # type: ignore[attr-defined]
+        return error
 
 
 async def _aiter(values: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
@@ -182,18 +216,23 @@ def run_batch(
     max_concurrency: int | None = None,
     limits: Limits | None = None,
     callbacks: Sequence[BaseCallbackHandler] = (),
+    key: Callable[[Any], str] | None = None,
+    skip: Container[str] = (),
 ) -> BatchRun:
     """Run ``chain`` over ``inputs``; ``async for record in run_batch(...)``.
 
     Inputs are read lazily.  At most ``max_concurrency`` inputs run at once and,
     through the run's ``Limits``, at most that many model requests are in
     flight however the chain fans out.  An input that is an exception (e.g. a
-    bad row from a reader) becomes an error record without running.
+    bad row from a reader) becomes an error record without running.  With
+    ``key``, each record carries its input's key and inputs whose key is in
+    ``skip`` (already done) are skipped without a request.  Once the run's
+    budget is exhausted, the remaining inputs get "not run" records.
     """
     settings = settings or RunSettings()
     if max_concurrency is not None:
         settings = settings.model_copy(update={"max_concurrency": max_concurrency})
-    return BatchRun(chain, inputs, settings=settings, limits=limits, callbacks=callbacks)
+    return BatchRun(chain, inputs, settings=settings, limits=limits, callbacks=callbacks, key=key, skip=skip)
 
 
 async def stream_one(

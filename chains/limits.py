@@ -1,4 +1,4 @@
-"""Limits shared by every model request of a run: concurrency (and, later, rate).
+"""Limits shared by every model request of a run: concurrency, rate and budget.
 
 ``max_concurrency`` in a ``RunnableConfig`` only bounds one fan-out level; a
 chain that makes several model calls per input (or fans out in parallel) can
@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+
+from chains.errors import BudgetExceededError
+from chains.pricing import Budget, PriceTable
+from chains.ratelimit import RateLimiter, Reservation
 
 
 class ConcurrencyLimit:
@@ -88,34 +93,97 @@ class ConcurrencyLimit:
             self.release()
 
 
+class Booking:
+    """One request's share of the limits: its rate reservation and budget reservation."""
+
+    __slots__ = ("cost", "reservation", "settled", "waited_s")
+
+    def __init__(self) -> None:
+        self.reservation: Reservation | None = None
+        self.cost = 0.0
+        self.waited_s = 0.0
+        self.settled = False
+
+
 @dataclass
 class Limits:
-    """Everything a run shares across its model requests."""
+    """Everything a run shares across its model requests (one set per endpoint)."""
 
     concurrency: ConcurrencyLimit
-    waiting: int = field(default=0)
+    rate: RateLimiter | None = None
+    budget: Budget | None = None
+    prices: PriceTable = field(default_factory=PriceTable)
+    output_tokens_avg: float = 256.0
+    """Running average of output tokens, used to estimate requests without max_tokens."""
 
     @classmethod
-    def create(cls, max_concurrency: int) -> Limits:
-        return cls(concurrency=ConcurrencyLimit(max_concurrency))
+    def create(
+        cls,
+        max_concurrency: int,
+        *,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        window_s: float = 60.0,
+        max_cost: float | None = None,
+        prices: PriceTable | None = None,
+    ) -> Limits:
+        return cls(
+            concurrency=ConcurrencyLimit(max_concurrency),
+            rate=RateLimiter(rpm, tpm, window_s=window_s),
+            budget=Budget(max_cost) if max_cost is not None else None,
+            prices=prices or PriceTable(),
+        )
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a concurrency slot or for the rate limiter."""
+        return len(self.concurrency._waiters) + (self.rate.waiting if self.rate is not None else 0)
+
+    @property
+    def rate_wait_s(self) -> float:
+        return self.rate.waited_s if self.rate is not None else 0.0
 
     @asynccontextmanager
-    async def request(self) -> AsyncIterator[None]:
-        """Hold one request slot for the duration of one model request."""
-        self.waiting += 1
+    async def request(self, tokens: int, cost: float | None) -> AsyncIterator[Booking]:
+        """Hold a concurrency slot, the budget and a rate reservation for one request.
+
+        The slot is taken first so that a request is sent right after its rate
+        reservation is booked (the server sees it in the same window).
+        """
+        booking = Booking()
+        started = time.perf_counter()
+        await self.concurrency.acquire()
         try:
-            await self.concurrency.acquire()
-        finally:
-            self.waiting -= 1
-        try:
-            yield
+            if self.budget is not None:
+                if cost is None:
+                    raise BudgetExceededError(
+                        "not run: --max-cost needs a price for this model; add it with --prices FILE"
+                    )
+                booking.cost = self.budget.reserve(cost)
+            if self.rate is not None and (self.rate.rpm or self.rate.tpm or self.rate.blocked_until):
+                booking.reservation = await self.rate.reserve(tokens)
+            booking.waited_s = time.perf_counter() - started
+            yield booking
         finally:
             self.concurrency.release()
+            if not booking.settled:  # failed attempt: nothing billed, estimate stays in the window
+                if self.budget is not None and booking.cost:
+                    self.budget.settle(booking.cost, 0.0)
+                booking.settled = True
+
+    def settle(self, booking: Booking, tokens: int, output_tokens: int, cost: float | None) -> None:
+        """Replace a booking's estimates with the real usage."""
+        if booking.settled:
+            return
+        booking.settled = True
+        if self.rate is not None and booking.reservation is not None:
+            self.rate.settle(booking.reservation, tokens)
+        if self.budget is not None:
+            self.budget.settle(booking.cost, cost or 0.0)
+        self.output_tokens_avg += (output_tokens - self.output_tokens_avg) * 0.1
 
 
-_active: contextvars.ContextVar[Limits | None] = contextvars.ContextVar(
-    "chain_runner_limits", default=None
-)
+_active: contextvars.ContextVar[Limits | None] = contextvars.ContextVar("chain_runner_limits", default=None)
 
 
 def active_limits() -> Limits | None:

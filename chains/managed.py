@@ -12,7 +12,6 @@ built on it stay ordinary LCEL runnables, and LangChain's cache interface
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any, cast
@@ -157,12 +156,25 @@ class ManagedChatModel(BaseChatModel):
     ) -> ChatResult:
         if limits is None:
             return await self._request(messages, stop, run_manager, params, stream)
+        count, _exact = counter_for(self.token_model)
+        prompt_tokens = sum(count(m.text) for m in messages)
+        output_tokens = int(params.get("max_tokens") or limits.output_tokens_avg)
+        cost = limits.prices.cost(self.token_model, prompt_tokens, output_tokens)
         item = current_item()
-        waited = time.perf_counter()
-        async with limits.request():
+        async with limits.request(prompt_tokens + output_tokens, cost) as booking:
             if item is not None:
-                item.wait_s += time.perf_counter() - waited
-            return await self._request(messages, stop, run_manager, params, stream)
+                item.wait_s += booking.waited_s
+            result = await self._request(messages, stop, run_manager, params, stream)
+            usage = self._usage(messages, result)
+            actual_cost = limits.prices.cost(self.token_model, usage["input_tokens"], usage["output_tokens"])
+            limits.settle(booking, usage["total_tokens"], usage["output_tokens"], actual_cost)
+            if limits.rate is not None:
+                message = result.generations[0].message if result.generations else None
+                headers = message.response_metadata.get("headers") if message is not None else None
+                limits.rate.observe_headers(headers, prompt_tokens + output_tokens)
+            if item is not None and actual_cost is not None:
+                item.cost_usd = (item.cost_usd or 0.0) + actual_cost
+            return result
 
     async def _request(
         self,
@@ -175,7 +187,9 @@ class ManagedChatModel(BaseChatModel):
         if not stream:
             return await self.inner._agenerate(messages, stop=stop, **params)
         chunks: list[ChatGenerationChunk] = []
-        source_iter = cast(AsyncGenerator[ChatGenerationChunk, None], self.inner._astream(messages, stop=stop, **params))
+        source_iter = cast(
+            AsyncGenerator[ChatGenerationChunk, None], self.inner._astream(messages, stop=stop, **params)
+        )
         async with aclosing(source_iter) as source:
             async for chunk in source:
                 if run_manager is not None and chunk.message.content:
@@ -187,20 +201,27 @@ class ManagedChatModel(BaseChatModel):
             raise BrokenStreamError("the stream ended without a finish reason")
         return generate_from_stream(iter(chunks))
 
-    def _account(self, messages: list[BaseMessage], result: ChatResult) -> None:
+    def _usage(self, messages: list[BaseMessage], result: ChatResult) -> UsageMetadata:
+        """The answer's usage; estimated (and marked so) when the provider sent none."""
         message = result.generations[0].message if result.generations else None
+        if isinstance(message, AIMessage) and message.usage_metadata is not None:
+            return message.usage_metadata
+        count, _exact = counter_for(self.token_model)
+        prompt = sum(count(m.text) for m in messages)
+        completion = count(message.text) if message is not None else 0
+        usage = UsageMetadata(input_tokens=prompt, output_tokens=completion, total_tokens=prompt + completion)
+        if isinstance(message, AIMessage):
+            message.usage_metadata = usage
+            message.response_metadata["usage_estimated"] = True
+        return usage
+
+    def _account(self, messages: list[BaseMessage], result: ChatResult) -> None:
         item = current_item()
+        usage_known = bool(result.generations) and getattr(result.generations[0].message, "usage_metadata", None)
+        if not usage_known:
+            self._usage(messages, result)
         if item is not None:
             item.model_calls += 1
-        if not isinstance(message, AIMessage):
-            return
-        if message.usage_metadata is None:
-            count, _exact = counter_for(self.token_model)
-            prompt = sum(count(m.text) for m in messages)
-            completion = count(message.text)
-            message.usage_metadata = UsageMetadata(
-                input_tokens=prompt, output_tokens=completion, total_tokens=prompt + completion
-            )
-            message.response_metadata["usage_estimated"] = True
-            if item is not None:
+            message = result.generations[0].message if result.generations else None
+            if message is not None and message.response_metadata.get("usage_estimated"):
                 item.tokens_estimated = True

@@ -71,6 +71,7 @@ class RunSummary:
     ok: int = 0
     failed: int = 0
     skipped: int = 0
+    not_run: int = 0
     cancelled: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
@@ -87,6 +88,11 @@ class RunSummary:
     def add(self, index: int, metrics: ItemMetrics, error: dict[str, Any] | None) -> None:
         if metrics.status == "skipped":
             self.skipped += 1
+            return
+        if metrics.status == "not_run":
+            self.not_run += 1
+            if len(self.failures) < self.max_failures_listed and error is not None and self.not_run == 1:
+                self.failures.append({"index": index, **error})
             return
         if metrics.status == "cancelled":
             self.cancelled += 1
@@ -133,11 +139,12 @@ class RunSummary:
             return None if value is None else round(value, 4)
 
         return {
-            "items": self.ok + self.failed + self.cancelled,
+            "items": self.ok + self.failed + self.cancelled + self.not_run,
             "ok": self.ok,
             "failed": self.failed,
             "cancelled": self.cancelled,
             "skipped": self.skipped,
+            "not_run": self.not_run,
             "wall_s": round(wall, 4),
             "items_per_s": rate(self.ok + self.failed),
             "input_tokens": self.input_tokens,

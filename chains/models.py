@@ -15,9 +15,11 @@ from typing import Any, TextIO
 
 from langchain_core.language_models import BaseChatModel
 
+from chains.cache import SQLiteCache
 from chains.errors import ModelConfigError
 from chains.limits import Limits
 from chains.managed import ManagedChatModel
+from chains.pricing import PriceTable
 from chains.settings import DEFAULT_OPENAI_MODEL, FAKE_MODEL, RunSettings
 
 _SPEC = re.compile(r"^(?P<provider>[a-z][a-z0-9_-]*):(?P<name>\S+)$")
@@ -78,6 +80,7 @@ def _create_openai(spec: ModelSpec, settings: RunSettings, http_client: Any) -> 
         # The sync client is never used; without this langchain-openai would build one with
         # its own transport (and warn when a proxy variable such as NO_PROXY is set).
         "http_socket_options": (),
+        "include_response_headers": True,  # x-ratelimit-* headers feed the rate limiter
     }
     return ChatOpenAI(**kwargs)
 
@@ -105,7 +108,15 @@ class ModelSession:
     def __init__(self, settings: RunSettings | None = None, *, limits: Limits | None = None) -> None:
         self.settings = settings or RunSettings.from_env()
         self.spec, self.notice = resolve_model_spec(self.settings)
-        self.limits = limits or Limits.create(self.settings.max_concurrency)
+        self.limits = limits or Limits.create(
+            self.settings.max_concurrency,
+            rpm=self.settings.rpm,
+            tpm=self.settings.tpm,
+            window_s=self.settings.rate_window_s,
+            max_cost=self.settings.max_cost,
+            prices=PriceTable.load(self.settings.prices),
+        )
+        self.cache = SQLiteCache(self.settings.cache) if self.settings.cache else None
         self._http: Any = None
         self.inner = self._create_inner()
         self.model = ManagedChatModel(
@@ -117,6 +128,7 @@ class ModelSession:
             limits=self.limits,
             base_url=self.settings.base_url,
             token_model=self.spec.name,
+            cache=self.cache,  # None: LangChain's global cache, if the user set one
         )
 
     def _create_inner(self) -> BaseChatModel:
@@ -134,6 +146,11 @@ class ModelSession:
             )
             return _create_openai(self.spec, self.settings, self._http)
         return _create_other(self.spec, self.settings)
+
+    @property
+    def identity(self) -> str:
+        """The model and endpoint, as part of resume keys."""
+        return f"{self.spec}@{self.settings.base_url}" if self.settings.base_url else str(self.spec)
 
     def announce(self, stream: TextIO | None = None) -> None:
         """Print the one-line notice (e.g. offline model chosen) if there is one."""
@@ -156,6 +173,9 @@ class ModelSession:
             ) from exc
 
     async def aclose(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
         if self._http is not None:
             await self._http.aclose()
             self._http = None

@@ -35,6 +35,12 @@ class RunSettings(BaseModel):
     timeout: float = Field(default=DEFAULT_TIMEOUT_S, gt=0)
     max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0, le=100)
     fake_token_delay: float = Field(default=0.0, ge=0, description="seconds per token on the fake model")
+    rpm: float | None = Field(default=None, gt=0, description="requests per minute, shared by the whole run")
+    tpm: float | None = Field(default=None, gt=0, description="tokens per minute, shared by the whole run")
+    rate_window_s: float = Field(default=60.0, gt=0, description="the rate-limit window (tests shrink it)")
+    max_cost: float | None = Field(default=None, ge=0, description="stop admitting inputs past this many USD")
+    prices: str | None = Field(default=None, description="JSON/YAML price table overriding the built-in one")
+    cache: str | None = Field(default=None, description="sqlite file answering identical requests")
     prompts_dirs: list[str] = Field(default_factory=list, description="extra prompt directories")
 
     @classmethod

@@ -25,7 +25,10 @@ class JsonlSink:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            torn = append and self.path.exists() and not _ends_with_newline(self.path)
             self._file = self.path.open("a" if append else "w", encoding="utf-8")
+            if torn:  # a crash cut the last record short: start ours on a line of its own
+                self._file.write("\n")
         except OSError as exc:
             raise UsageError(f"--output {path}: cannot write ({exc.strerror}); pick a writable path") from exc
         self.written = 0
@@ -43,6 +46,15 @@ class JsonlSink:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(0, 2)
+        if handle.tell() == 0:
+            return True
+        handle.seek(-1, 2)
+        return handle.read(1) == b"\n"
 
 
 def input_label(value: Any, width: int = 60) -> str:

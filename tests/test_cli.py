@@ -45,7 +45,7 @@ def test_story_over_a_topics_file_end_to_end(tmp_path: Path) -> None:
     assert sorted(r["index"] for r in records) == [0, 1, 2]
     assert {r["input"]["topic"] for r in records} == {"a lighthouse keeper", "a dragon who collects teacups", "a robot learning to paint"}
     for record in records:
-        assert set(record) == {"index", "input", "output", "error", "metrics"}
+        assert set(record) == {"index", "input", "output", "error", "metrics", "key"}
         assert record["error"] is None and len(record["output"]) > 50
         assert record["metrics"]["output_tokens"] > 0 and record["metrics"]["latency_s"] > 0
     summary = json.loads((tmp_path / "m.json").read_text())

@@ -1,0 +1,629 @@
+"""Every chain over HTTP: ``create_app(settings)`` builds the FastAPI app, ``serve`` runs it.
+
+One ``ModelSession`` (one model client, one connection pool, one set of
+limits) is built when the app starts and shared by every request: each run is
+given ``limits=session.limits``, so ``--max-concurrency`` holds across all
+concurrent HTTP requests together.  Chains are built once per name.
+
+Routes: ``GET /chains``, ``POST /chains/{name}/invoke|batch|stream`` (one
+route per chain, with request and response models built from the chain's
+declared inputs, so ``/docs`` shows them), ``GET /healthz`` and ``GET /metrics``.
+A client that disconnects cancels its upstream model request.  Each finished
+input is logged as one JSONL line in a background task after the response.
+"""
+
+# No ``from __future__ import annotations``: the per-chain routes annotate their
+# bodies with models built at run time, which FastAPI must see as classes.
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import os
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
+from datetime import datetime, timezone
+from enum import Enum
+from http import HTTPStatus
+from typing import Any, TypeVar, cast
+
+from fastapi import BackgroundTasks, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from langchain_core.callbacks import AsyncCallbackHandler
+from langchain_core.exceptions import OutputParserException
+from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import Runnable
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chains.errors import ChainRunnerError, ProviderError, UsageError
+from chains.execution import Record, StreamEvent, run_batch, stream_one
+from chains.models import ModelSession
+from chains.prompts_library import PromptLibrary
+from chains.registry import ChainInfo, get_chain, list_chains
+from chains.server_metrics import MetricsMiddleware, ServerMetrics
+from chains.settings import RunSettings
+
+log = logging.getLogger("chains.server")
+T = TypeVar("T")
+DEFAULT_RETRY_AFTER_S = 5
+
+
+class PayloadTooLarge(ChainRunnerError):
+    http_status = 413
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its response was ready."""
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class RunConfig(BaseModel):
+    """Per-request run options, passed to the chain's ``RunnableConfig``."""
+
+    model_config = ConfigDict(extra="forbid")
+    tags: list[str] = Field(default_factory=list, max_length=32)
+    metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    run_name: str | None = None
+
+
+class ItemMetricsOut(BaseModel):
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tokens_estimated: bool = False
+    model_calls: int = 0
+    retries: int = 0
+    wait_s: float = 0.0
+    cache_hits: int = 0
+    cost_usd: float | None = None
+    status: str = "ok"
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+class ChainOut(BaseModel):
+    name: str
+    description: str
+    kind: str
+    required: list[str]
+    optional: list[str]
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None = None
+
+
+class BatchRecordOut(BaseModel):
+    index: int
+    output: Any = None
+    error: dict[str, Any] | None = None
+    metrics: ItemMetricsOut
+
+
+class BatchOut(BaseModel):
+    records: list[BatchRecordOut]
+    summary: dict[str, Any]
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 404, 413, 422, 500, 502, 503)
+}
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def _chain_models(info: ChainInfo) -> tuple[type[BaseModel], ...]:
+    """Input, invoke request, batch request and invoke response models of one chain."""
+    # Fields are aliased so a variable called e.g. ``json`` cannot clash with BaseModel.
+    fields: dict[str, Any] = {}
+    for i, var in enumerate(info.required):
+        fields[f"v{i}"] = (Any, Field(..., alias=var, title=var, description="required input"))
+    for i, var in enumerate(info.optional):
+        fields[f"o{i}"] = (Any, Field(None, alias=var, title=var, description="optional: has a default"))
+    camel = _camel(info.name)
+    strict = ConfigDict(extra="forbid")
+    inputs = create_model(f"{camel}Input", __config__=strict, **fields)
+    invoke = create_model(f"{camel}InvokeRequest", __config__=strict, input=(inputs, ...), config=(RunConfig, None))
+    batch = create_model(f"{camel}BatchRequest", __config__=strict, inputs=(list[inputs], ...), config=(RunConfig, None))  # type: ignore[valid-type]
+    schema = info.output_schema or {"type": "string"}
+    response = create_model(
+        f"{camel}InvokeResponse", output=(Any, Field(json_schema_extra=schema)), metrics=(ItemMetricsOut, ...)
+    )
+    return inputs, invoke, batch, response
+
+
+def _values(body: BaseModel) -> dict[str, Any]:
+    return body.model_dump(by_alias=True, exclude_unset=True)  # unset optionals keep the prompt's default
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class _ErrorCapture(AsyncCallbackHandler):
+    """Keeps the exception a run failed with (the record only has its description)."""
+
+    run_inline = True
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+
+    async def on_chain_error(self, error: BaseException, *, parent_run_id: Any = None, **kwargs: Any) -> None:
+        if parent_run_id is None:
+            self.error = error
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` in a task; cancel it (and its model requests) if the client goes away."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+    if task.cancelled():
+        raise _ClientGone
+    return task.result()
+
+
+def _error_json(status: int, type_: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"type": type_, "message": message, **extra}}, status_code=status, headers=headers)
+
+
+def _where(loc: Sequence[Any]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "body"
+
+
+class _JsonlLog:
+    """Appends JSON lines to the generation log (from background threads), secrets redacted."""
+
+    def __init__(self, path: str | None, redact: Callable[[str], str]) -> None:
+        self.path = path
+        self.redact = redact
+        self._file: Any = None
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        if self.path:
+            self._file = open(self.path, "a", encoding="utf-8")  # closed at shutdown
+
+    def write(self, entries: list[dict[str, Any]]) -> None:
+        text = "".join(self.redact(json.dumps(e, ensure_ascii=False, default=str)) + "\n" for e in entries)
+        with self._lock:
+            if self._file is not None:
+                self._file.write(text)
+                self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+# ----------------------------------------------------------------------------- middleware
+
+
+class _AuthMiddleware:
+    """``Authorization: Bearer <key>`` on every route but ``/healthz`` (constant-time check)."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/healthz":
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = _error_json(
+                    401, "Unauthorized", "missing or wrong API key; send 'Authorization: Bearer <key>'",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _BodyLimitMiddleware:
+    """Reads at most ``limit`` bytes of a request body, else answers 413; replays the body."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        too_large = _error_json(413, "PayloadTooLarge", f"request body is over the limit of {self.limit} bytes")
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client is gone: nobody to answer
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        pending: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+
+# ----------------------------------------------------------------------------- the service
+
+
+class _Service:
+    """What the routes share: the session, built chains, metrics and the log."""
+
+    def __init__(self, settings: RunSettings, library: PromptLibrary, metrics: ServerMetrics,
+                 log_path: str | None, secrets: Sequence[str], grace: float) -> None:
+        self.settings = settings
+        self.library = library
+        self.metrics = metrics
+        self.grace = grace
+        self.secrets = [s for s in secrets if len(s) >= 4]
+        self.log = _JsonlLog(log_path, self.redact)
+        self.session: ModelSession | None = None
+        self._chains: dict[tuple[str, bool], Runnable[Any, Any]] = {}
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "[redacted]")
+        return text
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        self.session = ModelSession(self.settings)
+        if self.session.notice:
+            log.warning(self.session.notice)
+        self.metrics.bind_limits(self.session.limits)
+        self.log.open()
+        try:
+            yield
+        finally:
+            session, self.session = self.session, None
+            self._chains.clear()
+            await session.aclose()
+            self.log.close()
+
+    def _session(self) -> ModelSession:
+        if self.session is None:
+            raise ChainRunnerError("the server is not started (no model session)")
+        return self.session
+
+    def chain(self, name: str, config: RunConfig | None, *, streaming: bool) -> Runnable[Any, Any]:
+        key = (name, streaming)
+        if key not in self._chains:
+            model = self._session().model
+            llm = cast(BaseChatModel, model.bind(stream=True)) if streaming else model
+            self._chains[key] = get_chain(name, llm, library=self.library)
+        chain = self._chains[key]
+        extra = config.model_dump(exclude_defaults=True) if config is not None else {}
+        return chain.with_config(**extra) if extra else chain
+
+    def run_kwargs(self, capture: _ErrorCapture | None = None) -> dict[str, Any]:
+        session = self._session()
+        return {"settings": session.settings, "limits": session.limits, "callbacks": [capture] if capture else []}
+
+    # -- errors and log lines
+
+    def error_response(self, exc: BaseException | None, error: dict[str, Any]) -> JSONResponse:
+        status, headers, body = self.describe_error(exc, error)
+        return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+    def describe_error(self, exc: BaseException | None, error: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, str]]:
+        """HTTP status, headers and ``{"type", "message"}`` for a failed input."""
+        headers: dict[str, str] = {}
+        message = self.redact(str(error.get("message", "")))
+        if isinstance(exc, ProviderError) and exc.status == 429:
+            wait = exc.retry_after if exc.retry_after is not None else DEFAULT_RETRY_AFTER_S
+            headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            status = 503
+        elif isinstance(exc, ChainRunnerError):
+            status = exc.http_status
+        elif isinstance(exc, OutputParserException):
+            status = 502
+        else:
+            log.warning("chain failed: %s", message)
+            status, message = 500, f"the chain failed ({error.get('type', 'error')}); see the server log"
+        return status, headers, {"type": str(error.get("type", "Error")), "message": message}
+
+    def entry(self, chain: str, endpoint: str, value: Any, record: Record | None) -> dict[str, Any]:
+        m = record.metrics if record is not None else None
+        status = "cancelled" if m is None or m.status == "cancelled" else ("ok" if record and record.ok else "failed")
+        return {
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "chain": chain,
+            "endpoint": endpoint,
+            "index": record.index if record is not None else 0,
+            "input": value,
+            "output": record.output if record is not None else None,
+            "usage": {"input_tokens": m.input_tokens, "output_tokens": m.output_tokens,
+                      "estimated": m.tokens_estimated} if m else None,
+            "latency_s": round(m.latency_s, 4) if m and m.latency_s is not None else None,
+            "ttft_s": round(m.ttft_s, 4) if m and m.ttft_s is not None else None,
+            "status": status,
+            "error": record.error if record is not None else None,
+        }
+
+    def log_later(self, background: BackgroundTasks, entries: list[dict[str, Any]]) -> None:
+        if self.log.path:
+            background.add_task(self.log.write, entries)
+
+    # -- the three ways to run a chain
+
+    async def invoke(self, name: str, request: Request, value: dict[str, Any], config: RunConfig | None,
+                     background: BackgroundTasks) -> Any:
+        capture = _ErrorCapture()
+        batch = run_batch(self.chain(name, config, streaming=False), [value], **self.run_kwargs(capture))
+        try:
+            [record] = await _unless_disconnected(request, _collect(batch))
+        except _ClientGone:
+            self.metrics.count_cancelled(name, "invoke")
+            self.log_later(background, [self.entry(name, "invoke", value, None)])
+            return Response(status_code=499)
+        self.metrics.observe(name, record)
+        self.log_later(background, [self.entry(name, "invoke", value, record)])
+        if not record.ok:
+            return self.error_response(capture.error, record.error or {})
+        return {"output": record.output, "metrics": record.metrics.to_dict()}
+
+    async def batch(self, name: str, request: Request, values: list[dict[str, Any]], config: RunConfig | None,
+                    background: BackgroundTasks, max_batch: int) -> Any:
+        if len(values) > max_batch:
+            raise PayloadTooLarge(f"batch of {len(values)} inputs is over the limit of {max_batch}; split it")
+        batch = run_batch(self.chain(name, config, streaming=False), values, **self.run_kwargs())
+        try:
+            records = await _unless_disconnected(request, _collect(batch))
+        except _ClientGone:
+            self.metrics.count_cancelled(name, "batch")
+            return Response(status_code=499)
+        for record in records:
+            self.metrics.observe(name, record)
+            if record.error is not None:
+                record.error["message"] = self.redact(str(record.error.get("message", "")))
+        self.log_later(background, [self.entry(name, "batch", r.input, r) for r in records])
+        return {
+            "records": [{"index": r.index, "output": r.output, "error": r.error, "metrics": r.metrics.to_dict()}
+                        for r in records],
+            "summary": batch.summary.to_dict(),
+        }
+
+    def stream(self, name: str, value: dict[str, Any], config: RunConfig | None) -> Response:
+        chain = self.chain(name, config, streaming=True)
+        capture = _ErrorCapture()
+        kwargs = self.run_kwargs(capture)
+        done: list[Record] = []
+
+        async def events() -> AsyncIterator[dict[str, str]]:
+            try:
+                events_of = cast(AsyncGenerator[StreamEvent, None], stream_one(chain, value, **kwargs))
+                async with aclosing(events_of) as stream:
+                    async for event in stream:
+                        if event.kind in ("token", "discard"):
+                            yield {"event": event.kind, "data": json.dumps({"text": event.text})}
+                        elif event.kind == "end" and event.record is not None:
+                            record = event.record
+                            done.append(record)
+                            self.metrics.observe(name, record)
+                            if record.ok:
+                                data = {"output": record.output, "metrics": record.metrics.to_dict()}
+                                yield {"event": "end", "data": json.dumps(data, default=str)}
+                            else:
+                                status, _, body = self.describe_error(capture.error, record.error or {})
+                                yield {"event": "error", "data": json.dumps({**body, "status": status})}
+            except (asyncio.CancelledError, GeneratorExit):
+                if not done:  # the client went away (or the server is stopping) mid-stream
+                    self.metrics.count_cancelled(name, "stream")
+                raise
+
+        def write_log() -> None:
+            if self.log.path:
+                self.log.write([self.entry(name, "stream", value, done[0] if done else None)])
+
+        return EventSourceResponse(
+            events(), background=BackgroundTask(write_log), shutdown_grace_period=max(0.0, self.grace - 0.5)
+        )
+
+
+async def _collect(batch: Any) -> list[Record]:
+    return sorted([record async for record in batch], key=lambda r: r.index)
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def create_app(
+    settings: RunSettings,
+    *,
+    prompts_dirs: Sequence[str] = (),
+    api_key: str | None = None,
+    log_path: str | None = None,
+    max_body_bytes: int = 1_000_000,
+    max_batch: int = 1000,
+    grace: float = 10.0,
+) -> FastAPI:
+    """The FastAPI app serving every chain; its lifespan opens the one ``ModelSession``."""
+    library = PromptLibrary(list(dict.fromkeys([*settings.prompts_dirs, *prompts_dirs])))
+    infos = list_chains(library)
+    key = api_key if api_key is not None else os.environ.get("RUNNER_API_KEY")
+    provider_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
+    metrics = ServerMetrics()
+    service = _Service(settings, library, metrics, log_path, [provider_key, key or ""], grace)
+    app = FastAPI(
+        title="chain-runner",
+        summary="Declarative LangChain chains over HTTP",
+        lifespan=service.lifespan,
+    )
+    catalogue: list[dict[str, Any]] = []
+    for info in infos:
+        models = _chain_models(info)
+        _add_chain_routes(app, service, info, models, max_batch)
+        catalogue.append(ChainOut(
+            name=info.name, description=info.description, kind=info.kind, required=list(info.required),
+            optional=list(info.optional), input_schema=models[0].model_json_schema(), output_schema=info.output_schema,
+        ).model_dump())
+    known = [info.name for info in infos]
+    by_name = {info.name: info for info in infos}
+
+    @app.get("/chains", response_model=list[ChainOut], tags=["service"], summary="Every chain and its input schema")
+    async def chains() -> Any:
+        return catalogue
+
+    @app.post("/chains/{name}/{endpoint}", include_in_schema=False)
+    async def unknown(name: str, endpoint: str) -> Any:
+        if name in by_name:
+            raise StarletteHTTPException(404, f"no endpoint {endpoint!r}; use invoke, batch or stream")
+        from chains.errors import UnknownChainError
+
+        raise UnknownChainError(name, known)
+
+    @app.get("/healthz", tags=["service"], summary="Liveness (no auth)")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", tags=["service"], summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(ChainRunnerError)
+    async def chain_error(request: Request, exc: ChainRunnerError) -> JSONResponse:
+        return _error_json(exc.http_status, type(exc).__name__, service.redact(exc.message))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems, fields = [], []
+        for err in exc.errors()[:20]:
+            where = _where([p for p in err["loc"] if p != "body"])
+            fields.append(where)
+            if err["type"] == "missing":
+                problems.append(f"{where}: missing required field")
+            elif err["type"] == "extra_forbidden":
+                problems.append(f"{where}: unknown field")
+            else:
+                problems.append(f"{where}: {err['msg']}")
+        parts = request.url.path.split("/")
+        info = by_name.get(parts[2]) if len(parts) > 2 and parts[1] == "chains" else None
+        hint = ""
+        if info is not None:
+            optional = f"; optional: {', '.join(info.optional)}" if info.optional else ""
+            hint = f" ({info.name} takes: {', '.join(info.required) or 'nothing'}{optional})"
+        return _error_json(422, "InputError", "; ".join(problems) + hint, fields=fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        phrase = HTTPStatus(exc.status_code).phrase.replace(" ", "")
+        return _error_json(exc.status_code, phrase, str(exc.detail), headers=dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled %s on %s: %s", type(exc).__name__, request.url.path, service.redact(str(exc)))
+        return _error_json(500, "InternalError", "internal server error; see the server log")
+
+    # Outermost first: count every response, then check the key, then bound the body.
+    app.add_middleware(_BodyLimitMiddleware, limit=max_body_bytes)
+    if key:
+        app.add_middleware(_AuthMiddleware, key=key)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, chains=frozenset(known))
+    app.state.service = service
+    return app
+
+
+def _add_chain_routes(app: FastAPI, service: _Service, info: ChainInfo,
+                      models: tuple[type[BaseModel], ...], max_batch: int) -> None:
+    name = info.name
+    _inputs, InvokeRequest, BatchRequest, InvokeResponse = models
+    tags: list[str | Enum] = [name]
+
+    @app.post(f"/chains/{name}/invoke", response_model=InvokeResponse, responses=_ERRORS, tags=tags,
+              summary=f"Run {name} on one input", description=info.description)
+    async def invoke(request: Request, body: InvokeRequest, background: BackgroundTasks) -> Any:  # type: ignore[valid-type]
+        return await service.invoke(name, request, _values(body.input), body.config, background)  # type: ignore[attr-defined]
+
+    @app.post(f"/chains/{name}/batch", response_model=BatchOut, responses=_ERRORS, tags=tags,
+              summary=f"Run {name} on many inputs (records in input order)")
+    async def batch(request: Request, body: BatchRequest, background: BackgroundTasks) -> Any:  # type: ignore[valid-type]
+        values = [_values(item) for item in body.inputs]  # type: ignore[attr-defined]
+        return await service.batch(name, request, values, body.config, background, max_batch)  # type: ignore[attr-defined]
+
+    @app.post(f"/chains/{name}/stream", responses={
+        200: {"content": {"text/event-stream": {}},
+              "description": "SSE: `token` events ({text}), then `end` ({output, metrics}) or `error`"},
+        **_ERRORS,
+    }, tags=tags, summary=f"Stream {name}'s tokens as Server-Sent Events", response_class=EventSourceResponse)
+    async def stream(body: InvokeRequest) -> Response:  # type: ignore[valid-type]
+        return service.stream(name, _values(body.input), body.config)  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+async def serve(
+    settings: RunSettings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    log_path: str | None = None,
+    grace: float = 10.0,
+    quiet: bool = False,
+) -> int:
+    """Run the app under uvicorn until SIGTERM/SIGINT; in-flight requests get ``grace`` seconds."""
+    import uvicorn
+
+    probe = ModelSession(settings)  # a bad --model / missing key fails here, as one line
+    probe.announce()
+    await probe.aclose()
+    if log_path:
+        try:
+            open(log_path, "a", encoding="utf-8").close()  # noqa: ASYNC230 - once, before serving
+        except OSError as exc:
+            raise UsageError(f"--log {log_path}: cannot write ({exc.strerror}); check the directory") from exc
+    app = create_app(settings, api_key=api_key, log_path=log_path, grace=grace)
+    config = uvicorn.Config(
+        app, host=host, port=port, timeout_graceful_shutdown=math.ceil(grace), server_header=False,
+        log_level="warning" if quiet else "info", access_log=not quiet,
+    )
+    server = uvicorn.Server(config)
+    await server.serve()
+    return 0 if server.started else 1
