@@ -9,16 +9,41 @@ on the message (``response_metadata["cache_hit"]``) and counted per input.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
-from langchain_core.load import dumps, loads
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration, Generation
 
 from chains.errors import UsageError
 from chains.metrics import current_item
+
+
+def _encode(generations: RETURN_VAL_TYPE) -> str:
+    """Plain JSON (no LangChain object revival on the way back: the file is data, not config)."""
+    items = []
+    for generation in generations:
+        if isinstance(generation, ChatGeneration):
+            message = generation.message.model_dump(mode="json")
+            message["response_metadata"].pop("headers", None)
+            items.append({"message": message, "info": generation.generation_info})
+        else:
+            items.append({"text": generation.text, "info": generation.generation_info})
+    return json.dumps(items)
+
+
+def _decode(value: str) -> list[Generation]:
+    generations: list[Generation] = []
+    for item in json.loads(value):
+        if "message" in item:
+            generations.append(ChatGeneration(message=AIMessage.model_validate(item["message"]), generation_info=item["info"]))
+        else:
+            generations.append(Generation(text=item["text"], generation_info=item["info"]))
+    return generations
 
 
 class SQLiteCache(BaseCache):
@@ -48,11 +73,10 @@ class SQLiteCache(BaseCache):
         if row is None:
             self.misses += 1
             return None
-        generations: list[Any] = loads(row[0])
+        generations = _decode(row[0])
         for generation in generations:
-            message = getattr(generation, "message", None)
-            if message is not None:
-                message.response_metadata["cache_hit"] = True
+            if isinstance(generation, ChatGeneration):
+                generation.message.response_metadata["cache_hit"] = True
         self.hits += 1
         item = current_item()
         if item is not None:
@@ -60,7 +84,7 @@ class SQLiteCache(BaseCache):
         return generations
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        value = dumps(list(return_val))
+        value = _encode(return_val)
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO generations (prompt, llm, value) VALUES (?, ?, ?)",

@@ -166,9 +166,11 @@ class Limits:
             yield booking
         finally:
             self.concurrency.release()
-            if not booking.settled:  # failed attempt: nothing billed, estimate stays in the window
+            if not booking.settled:  # failed attempt: nothing billed, the estimate stays in the window
                 if self.budget is not None and booking.cost:
                     self.budget.settle(booking.cost, 0.0)
+                if self.rate is not None and booking.reservation is not None:
+                    self.rate.settle(booking.reservation)
                 booking.settled = True
 
     def settle(self, booking: Booking, tokens: int, output_tokens: int, cost: float | None) -> None:

@@ -42,6 +42,15 @@ def _finish_reason(chunks: list[ChatGenerationChunk]) -> str | None:
     return None
 
 
+def _headers(result: ChatResult) -> Any:
+    """Response headers, where the provider integration exposes them (ChatOpenAI's include_response_headers)."""
+    if not result.generations:
+        return None
+    generation = result.generations[0]
+    info = generation.generation_info or {}
+    return info.get("headers") or generation.message.response_metadata.get("headers")
+
+
 class ManagedChatModel(BaseChatModel):
     """A chat model with the run's limits, one retry layer and usage accounting."""
 
@@ -169,9 +178,7 @@ class ManagedChatModel(BaseChatModel):
             actual_cost = limits.prices.cost(self.token_model, usage["input_tokens"], usage["output_tokens"])
             limits.settle(booking, usage["total_tokens"], usage["output_tokens"], actual_cost)
             if limits.rate is not None:
-                message = result.generations[0].message if result.generations else None
-                headers = message.response_metadata.get("headers") if message is not None else None
-                limits.rate.observe_headers(headers, prompt_tokens + output_tokens)
+                limits.rate.observe_headers(_headers(result), prompt_tokens + output_tokens)
             if item is not None and actual_cost is not None:
                 item.cost_usd = (item.cost_usd or 0.0) + actual_cost
             return result

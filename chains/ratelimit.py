@@ -40,11 +40,16 @@ def parse_reset(text: str | None) -> float | None:
 
 
 class Reservation:
-    __slots__ = ("t", "tokens")
+    """One booked request.  Until it is settled it counts as in the window; once
+    settled, its time is the moment the answer came back, which is no earlier than
+    the server saw the request, so the client's window never runs ahead of the server's."""
+
+    __slots__ = ("settled", "t", "tokens")
 
     def __init__(self, t: float, tokens: int) -> None:
         self.t = t
         self.tokens = tokens
+        self.settled = False
 
 
 class RateLimiter:
@@ -74,20 +79,26 @@ class RateLimiter:
 
     def _prune(self, now: float) -> None:
         horizon = now - self.window_s
-        while self._events and self._events[0].t <= horizon:
+        while self._events and self._events[0].settled and self._events[0].t <= horizon:
             self._tokens -= self._events.popleft().tokens
+
+    def _expiry(self, event: Reservation, now: float) -> float:
+        if not event.settled:  # still in flight: look again shortly
+            return min(self.window_s / 20, 0.05)
+        return max(event.t + self.window_s - now, 0.001)
 
     def _delay(self, now: float, tokens: int) -> float:
         if self.blocked_until > now:
             return self.blocked_until - now
         if self.rpm and len(self._events) >= self.rpm:
-            return self._events[0].t + self.window_s - now
+            return self._expiry(self._events[0], now)
         if self.tpm and self._events and self._tokens + tokens > self.tpm:
             excess = self._tokens + tokens - self.tpm
             for event in self._events:
                 excess -= event.tokens
                 if excess <= 0:
-                    return event.t + self.window_s - now
+                    return self._expiry(event, now)
+            return self._expiry(self._events[-1], now)
         return 0.0
 
     async def reserve(self, tokens: int) -> Reservation:
@@ -115,11 +126,16 @@ class RateLimiter:
         self._tokens += tokens
         return reservation
 
-    def settle(self, reservation: Reservation, tokens: int) -> None:
-        """Replace the estimate with the real usage (if the booking is still in the window)."""
-        if reservation in self._events:
+    def settle(self, reservation: Reservation, tokens: int | None = None) -> None:
+        """The request is over: replace the estimate with the real usage (if given)
+        and restart its window from now."""
+        if reservation.settled:
+            return
+        if tokens is not None:
             self._tokens += tokens - reservation.tokens
-        reservation.tokens = tokens
+            reservation.tokens = tokens
+        reservation.t = self.clock()
+        reservation.settled = True
 
     def observe_headers(self, headers: Mapping[str, Any] | None, next_tokens: int = 0) -> None:
         """Pause before a 429 when the server says a limit is used up."""

@@ -418,15 +418,16 @@ class _Service:
         except _ClientGone:
             self.metrics.count_cancelled(name, "batch")
             return Response(status_code=499)
+        summary = batch.summary.to_dict()
+        for error in [*(r.error for r in records if r.error is not None), *summary["failures"]]:
+            error["message"] = self.redact(str(error.get("message", "")))
         for record in records:
             self.metrics.observe(name, record)
-            if record.error is not None:
-                record.error["message"] = self.redact(str(record.error.get("message", "")))
         self.log_later(background, [self.entry(name, "batch", r.input, r) for r in records])
         return {
             "records": [{"index": r.index, "output": r.output, "error": r.error, "metrics": r.metrics.to_dict()}
                         for r in records],
-            "summary": batch.summary.to_dict(),
+            "summary": summary,
         }
 
     def stream(self, name: str, value: dict[str, Any], config: RunConfig | None) -> Response:
