@@ -25,7 +25,7 @@ from chains.metrics import current_item
 
 def _encode(generations: RETURN_VAL_TYPE) -> str:
     """Plain JSON (no LangChain object revival on the way back: the file is data, not config)."""
-    items = []
+    items: list[dict[str, Any]] = []
     for generation in generations:
         if isinstance(generation, ChatGeneration):
             message = generation.message.model_dump(mode="json")
