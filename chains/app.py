@@ -80,11 +80,11 @@ def show_command(name: str, prompts_dirs: list[str]) -> int:
         params = spec.model_kwargs()
         if params:
             print("  model: " + ", ".join(f"{k}={v}" for k, v in params.items()))
-        for message in spec.to_prompt().messages:
-            role = type(message).__name__.replace("MessagePromptTemplate", "").replace("Messages", "").lower()
-            template = getattr(getattr(message, "prompt", None), "template", None)
-            text = template if template is not None else f"<{getattr(message, 'variable_name', '')}>"
-            print(f"  [{role}] " + text.replace("\n", "\n          "))
+        for message in spec.messages:
+            text = getattr(message, "content", None)
+            if text is None:
+                text = f"<messages from {getattr(message, 'variable', '')}>"
+            print(f"  [{message.role}] " + text.replace("\n", "\n          "))
     if info.output_schema:
         print("\n  output: JSON matching " + json.dumps(info.output_schema))
     return EXIT_OK

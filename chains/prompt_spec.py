@@ -30,24 +30,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib.resources
-import json
 import re
 import string
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from langchain_core.exceptions import OutputParserException
-from langchain_core.output_parsers import BaseOutputParser, StrOutputParser
-from langchain_core.prompts import (
-    AIMessagePromptTemplate,
-    ChatPromptTemplate,
-    HumanMessagePromptTemplate,
-    MessagesPlaceholder,
-    SystemMessagePromptTemplate,
-)
-from langchain_core.runnables import Runnable
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -60,9 +49,12 @@ from pydantic import (
 
 from chains.errors import PromptSpecError
 
+if TYPE_CHECKING:  # LangChain is imported only when a prompt is compiled: `list` stays fast
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.runnables import Runnable
+
 __all__ = [
     "NAME_RULE",
-    "JsonSchemaOutputParser",
     "Message",
     "ModelParams",
     "OutputSpec",
@@ -365,6 +357,14 @@ class PromptSpec(_Strict):
 
     def to_prompt(self) -> ChatPromptTemplate:
         """Compile to a ChatPromptTemplate (f-string; defaults as overridable partials)."""
+        from langchain_core.prompts import (
+            AIMessagePromptTemplate,
+            ChatPromptTemplate,
+            HumanMessagePromptTemplate,
+            MessagesPlaceholder,
+            SystemMessagePromptTemplate,
+        )
+
         templates = {
             "system": SystemMessagePromptTemplate,
             "human": HumanMessagePromptTemplate,
@@ -389,6 +389,10 @@ class PromptSpec(_Strict):
 
     def output_parser(self) -> Runnable[Any, Any]:
         """Text: ``StrOutputParser``.  JSON: parse and validate against the schema."""
+        from langchain_core.output_parsers import StrOutputParser
+
+        from chains.parsers import JsonSchemaOutputParser
+
         if self.output.kind == "json":
             assert self.output.json_schema is not None  # guaranteed by OutputSpec
             return JsonSchemaOutputParser(
@@ -404,50 +408,6 @@ class PromptSpec(_Strict):
             "type": "json_schema",
             "json_schema": {"name": self.name, "schema": self.output.json_schema, "strict": False},
         }
-
-
-# ------------------------------------------------------------------ output parsing
-
-_FENCE_RE = re.compile(r"```[ \t]*(?:json)?[ \t]*\n?(.*?)```", re.DOTALL | re.IGNORECASE)
-
-
-class JsonSchemaOutputParser(BaseOutputParser[Any]):
-    """Parse a model reply as JSON (a ```json fence is tolerated) and check it
-    against a JSON Schema; problems raise OutputParserException saying what is wrong."""
-
-    prompt_name: str = "json"
-    json_schema: dict[str, Any]
-
-    @property
-    def _type(self) -> str:
-        return "chain_runner_json_schema"
-
-    def parse(self, text: str) -> Any:
-        from jsonschema import Draft202012Validator
-        from jsonschema.exceptions import best_match
-
-        fenced = _FENCE_RE.search(text)
-        body = (fenced.group(1) if fenced else text).strip()
-        try:
-            value = json.loads(body)
-        except json.JSONDecodeError as exc:
-            preview = body if len(body) <= 80 else body[:77] + "..."
-            raise OutputParserException(
-                f"{self.prompt_name}: model output is not valid JSON "
-                f"({exc.msg} at line {exc.lineno} column {exc.colno}); got {preview!r}",
-                llm_output=text,
-            ) from None
-        error = best_match(Draft202012Validator(self.json_schema).iter_errors(value))
-        if error is not None:
-            where = "$" + "".join(
-                f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
-            )
-            raise OutputParserException(
-                f"{self.prompt_name}: model output does not match the output schema at {where}: "
-                f"{error.message}",
-                llm_output=text,
-            )
-        return value
 
 
 # ------------------------------------------------------------------ error reporting
@@ -675,3 +635,4 @@ def packaged_prompts_dir() -> Path:
     if isinstance(root, Path):
         return root
     return Path(str(root))
+

@@ -9,31 +9,28 @@ adds a chain called ``foo``.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from langchain_core.language_models import BaseChatModel
-from langchain_core.runnables import Runnable
-
-from chains.definitions import (
-    build_story_chain,
-    build_summarize_chain,
-    build_translate_chain,
-    compile_spec,
-)
 from chains.errors import UnknownChainError
 from chains.prompts_library import PromptLibrary, default_library
 
+if TYPE_CHECKING:  # building chains imports LangChain; listing them does not
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.runnables import Runnable
+
 log = logging.getLogger("chains")
 
-Builder = Callable[..., Runnable[Any, Any]]
+Builder = Callable[..., "Runnable[Any, Any]"]
 
 
 @dataclass(frozen=True)
 class HandWritten:
-    builder: Builder
+    builder: str
+    """``module:function`` of the builder, imported when the chain is built."""
     prompts: tuple[str, ...]
     """The prompt files the chain is built from; the first one's inputs are the chain's."""
     description: str | None = None
@@ -41,12 +38,12 @@ class HandWritten:
 
 HAND_WRITTEN: dict[str, HandWritten] = {
     "story": HandWritten(
-        build_story_chain,
+        "chains.definitions:build_story_chain",
         ("story_outline", "story"),
         "Write a children's story about a topic: a short outline first, then the story from it.",
     ),
-    "summarize": HandWritten(build_summarize_chain, ("summarize",)),
-    "translate": HandWritten(build_translate_chain, ("translate",)),
+    "summarize": HandWritten("chains.definitions:build_summarize_chain", ("summarize",)),
+    "translate": HandWritten("chains.definitions:build_translate_chain", ("translate",)),
 }
 
 
@@ -130,5 +127,9 @@ def get_chain(
         raise UnknownChainError(name, list_chain_names(prompts))
     llm = model if model is not None else default_model()
     if entry is not None:
-        return entry.builder(llm, library=prompts)
+        module, _, function = entry.builder.partition(":")
+        builder: Builder = getattr(importlib.import_module(module), function)
+        return builder(llm, library=prompts)
+    from chains.definitions import compile_spec
+
     return compile_spec(prompts.spec(name), llm)

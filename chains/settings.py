@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+if TYPE_CHECKING:
+    from langchain_core.callbacks import BaseCallbackHandler
+    from langchain_core.runnables import RunnableConfig
 
 DEFAULT_MAX_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 60.0
@@ -72,12 +74,12 @@ class RunSettings(BaseModel):
         run_name: str | None = None,
     ) -> RunnableConfig:
         """The ``RunnableConfig`` for one input of this run."""
-        config = RunnableConfig(
-            max_concurrency=self.max_concurrency,
-            callbacks=list(callbacks),
-            tags=["chain-runner", *tags],
-            metadata=dict(metadata or {}),
-        )
+        config: RunnableConfig = {  # a TypedDict: no LangChain import needed at run time
+            "max_concurrency": self.max_concurrency,
+            "callbacks": list(callbacks),
+            "tags": ["chain-runner", *tags],
+            "metadata": dict(metadata or {}),
+        }
         if run_name:
             config["run_name"] = run_name
         return config
