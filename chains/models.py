@@ -75,6 +75,7 @@ def _create_openai(spec: ModelSpec, settings: RunSettings, http_client: Any) -> 
         "base_url": settings.base_url,
         "max_retries": 0,  # the runner is the one retry layer
         "timeout": settings.timeout,
+        "stream_chunk_timeout": settings.timeout,  # a stream that stalls this long is a failed attempt
         "stream_usage": True,  # also for custom base URLs, where it is off by default
         "http_async_client": http_client,  # our pool: one per run, sized to --max-concurrency
         # The sync client is never used; without this langchain-openai would build one with
