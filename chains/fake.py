@@ -29,16 +29,36 @@ from chains.tokens import estimate_tokens
 
 DEFAULT_FAKE_MAX_TOKENS = 120
 
-_OPENINGS = ("Once upon a time", "Long ago", "One bright morning", "In a quiet town")
-_VERBS = ("found", "dreamed of", "built", "followed", "wondered about", "painted", "shared")
-_LINKS = ("and then", "but soon", "so", "until one day", "and at last")
-_ENDINGS = ("Everyone smiled.", "It was a very good day.", "And that was enough.")
+_NAMES = ("Pip", "Mira", "Otto", "Luna", "Bea", "Tomas", "Juno", "Wren")
+_STORY = (
+    "Once upon a time there was {phrase}, and everyone called it {name}.",
+    "Every morning {name} looked at the sky and wondered what the day would bring.",
+    "One day {name} found something about the {kw} that nobody had noticed before.",
+    '"Hello," said {name}. "Would you like to be friends?"',
+    "The wind hummed softly, and the {kw} seemed to smile back.",
+    "But the path home was long, and {name} felt a little afraid.",
+    "So {name} took a deep breath and tried again, one small step at a time.",
+    "Soon the whole village came out to help with the {kw}.",
+    "They laughed, they shared warm bread, and they told stories about {kw2}s.",
+    "By evening the {kw} was safe, and {name} felt very proud.",
+    "That night {name} slept soundly, dreaming of {kw2}s and stars.",
+    "And from then on, {name} was never lonely again.",
+)
+_OUTLINE = (
+    "{name} is {phrase}, and one day sets out to find the {kw}.",
+    "On the way, {name} meets a friend who loves {kw2}s.",
+    "A storm scatters everything, and {name} feels like giving up.",
+    "Together they try again and find the {kw} at last.",
+    "{name} comes home happy, with a new friend and a story to tell.",
+)
 _STOPWORDS = frozenset(
     "a an the of to in on for and or but with who is are was be write story short "
     "about from into this that your you it its as at by outline numbered points "
-    "point children's childrens".split()
+    "point children's childrens text summarize translate".split()
 )
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
+_SUBJECT_LINE = re.compile(r"^\s*(?:topic|text|subject|title)\s*:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+_ABOUT = re.compile(r"\babout:?\s*(.+)$", re.IGNORECASE | re.MULTILINE)
 
 
 def _last_human_text(messages: list[BaseMessage]) -> str:
@@ -48,44 +68,54 @@ def _last_human_text(messages: list[BaseMessage]) -> str:
     return messages[-1].text if messages else ""
 
 
-_SUBJECT_LINE = re.compile(r"^\s*(?:topic|text|subject|title)\s*:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+def _subject(text: str) -> str:
+    """The prompt's subject: a ``Topic:`` line, the rest of an ``about:`` line, or the first line."""
+    match = _SUBJECT_LINE.search(text) or _ABOUT.search(text)
+    subject = match.group(1) if match else (text.strip().split("\n", 1)[0] if text.strip() else "something")
+    return subject.strip().rstrip(".") or "something"
 
 
 def _keywords(text: str) -> list[str]:
-    """Content words of the prompt's subject: a ``Topic:`` line if there is one, else the first line."""
-    match = _SUBJECT_LINE.search(text)
-    subject = match.group(1) if match else text.strip().split("\n", 1)[0]
     seen: dict[str, None] = {}
-    for word in _WORD.findall(subject) or _WORD.findall(text):
+    for word in _WORD.findall(text):
         low = word.lower()
         if low not in _STOPWORDS:
             seen.setdefault(low, None)
-    return list(seen) or ["something"]
+    return list(seen) or ["pebble"]
 
 
 def compose_text(messages: list[BaseMessage], max_tokens: int) -> list[str]:
-    """The answer for these messages, as a list of token-sized pieces."""
+    """The answer for these messages, as a list of token-sized pieces (words with their spaces)."""
     prompt = "\n".join(f"{m.type}:{m.text}" for m in messages)
     rng = random.Random(hashlib.sha256(prompt.encode()).digest())
-    words = _keywords(_last_human_text(messages))
-    pieces: list[str] = []
-    sentence = 0
-    length = min(max_tokens, rng.randint(40, 320))
-    while len(pieces) < length:
-        subject = rng.choice(words)
-        if sentence == 0:
-            text = f"{rng.choice(_OPENINGS)}, there was a {subject}"
-        else:
-            text = f" {rng.choice(_LINKS)} the {subject} {rng.choice(_VERBS)} a {rng.choice(words)}"
-        if rng.random() < 0.3:
-            text += ". " + rng.choice(_ENDINGS)
-        else:
-            text += "."
-        sentence += 1
-        first, *rest = text.split(" ")
-        pieces.append(first)
-        pieces.extend(" " + word for word in rest)
-    return pieces[:length]
+    human = _last_human_text(messages)
+    phrase = _subject(human)
+    if not re.match(r"(?i)^(a|an|the)\b", phrase):
+        phrase = "a " + phrase
+    words = _keywords(phrase) or _keywords(human)
+    fill = {
+        "phrase": phrase,
+        "name": rng.choice(_NAMES),
+        "kw": words[-1],
+        "kw2": words[0],
+    }
+    if re.search(r"write an? (short )?outline", human, re.IGNORECASE):
+        lines = [f"{i}. {line.format(**fill)}" for i, line in enumerate(_OUTLINE[: rng.randint(3, 5)], 1)]
+        text = "\n".join(lines)
+    else:
+        title = f"{fill['name']} and the {fill['kw'].title()}"
+        sentences = [_STORY[0]] + sorted(rng.sample(_STORY[1:-1], k=rng.randint(6, 10)), key=_STORY.index) + [_STORY[-1]]
+        paragraphs, current = [], []
+        for sentence in sentences:
+            current.append(sentence.format(**fill))
+            if len(current) >= rng.randint(2, 4):
+                paragraphs.append(" ".join(current))
+                current = []
+        if current:
+            paragraphs.append(" ".join(current))
+        text = title + "\n\n" + "\n\n".join(paragraphs)
+    pieces = re.findall(r"\S+\s*", text)
+    return pieces[:max_tokens]
 
 
 def _instance_for_schema(schema: dict[str, Any], rng: random.Random, words: list[str]) -> Any:
