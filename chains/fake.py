@@ -104,7 +104,7 @@ def compose_text(messages: list[BaseMessage], max_tokens: int) -> list[str]:
         text = "\n".join(lines)
     else:
         title = f"{fill['name']} and the {fill['kw'].title()}"
-        sentences = [_STORY[0]] + sorted(rng.sample(_STORY[1:-1], k=rng.randint(6, 10)), key=_STORY.index) + [_STORY[-1]]
+        sentences = [_STORY[0], *sorted(rng.sample(_STORY[1:-1], k=rng.randint(6, 10)), key=_STORY.index), _STORY[-1]]
         paragraphs, current = [], []
         for sentence in sentences:
             current.append(sentence.format(**fill))
