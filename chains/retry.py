@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,11 @@ from tenacity import RetryCallState, wait_random_exponential
 from chains.errors import ProviderError
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
+# Transport failures by class name, for HTTP stacks we do not import (httpx, httpx2, aiohttp).
+_CONNECTION_ERRORS = frozenset(
+    {"ConnectError", "ReadError", "WriteError", "RemoteProtocolError", "LocalProtocolError", "NetworkError",
+     "ClientConnectionError", "ServerDisconnectedError", "ClientPayloadError"}
+)
 DEFAULT_BACKOFF_BASE = 0.5
 DEFAULT_BACKOFF_CAP = 30.0
 DEFAULT_RETRY_AFTER_CAP = 60.0
@@ -97,19 +103,16 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return Failure(True, "timed out")
     name = type(exc).__name__
-    if name in {"APITimeoutError", "ReadTimeout", "ConnectTimeout", "WriteTimeout", "PoolTimeout"}:
-        return Failure(True, "timed out")
-    if name in {"APIConnectionError", "RemoteProtocolError", "ReadError", "ConnectError"} or isinstance(
-        exc, (ConnectionError, OSError)
-    ):
-        return Failure(True, f"connection error ({name})")
-    try:
-        import httpx
-
-        if isinstance(exc, httpx.TransportError):
+    openai = sys.modules.get("openai")  # not imported: the error cannot be one of its
+    if openai is not None:  # langchain-openai re-raises these as subclasses (OpenAITimeoutError, ...)
+        if isinstance(exc, openai.APITimeoutError):
+            return Failure(True, "timed out")
+        if isinstance(exc, openai.APIConnectionError):
             return Failure(True, f"connection error ({name})")
-    except ImportError:  # pragma: no cover - httpx is a dependency
-        pass
+    if name.endswith("Timeout") or name.endswith("TimeoutError"):  # httpx / httpx2 / other SDKs
+        return Failure(True, "timed out")
+    if isinstance(exc, (ConnectionError, OSError)) or name in _CONNECTION_ERRORS:
+        return Failure(True, f"connection error ({name})")
     return Failure(False, f"{name}: {exc}")
 
 
