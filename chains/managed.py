@@ -27,7 +27,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from chains.limits import Limits, active_limits
 from chains.metrics import current_item
-from chains.retry import BackoffWait, BrokenStreamError, classify, final_error
+from chains.retry import BackoffWait, BrokenStreamError, Failure, classify, final_error
 from chains.tokens import counter_for
 
 log = logging.getLogger("chains.requests")
@@ -110,12 +110,43 @@ class ManagedChatModel(BaseChatModel):
         limits = active_limits() or self.limits
         params = {**kwargs, **self.overrides}
         stream = bool(params.pop("stream", self.streaming))
+        try:  # the first attempt goes straight through: no retry machinery on the hot path
+            result = await self._attempt(messages, stop, run_manager, params, stream, limits)
+        except Exception as exc:
+            failure = classify(exc)
+            if not failure.retryable or self.max_retries == 0:
+                error = self._final(exc, failure, 1)
+                if error is exc:
+                    raise
+                raise error from exc
+            result = await self._retry(exc, messages, stop, run_manager, params, stream, limits)
+        if limits is not None:
+            limits.concurrency.succeeded()
+        self._account(messages, result)
+        return result
+
+    def _final(self, exc: Exception, failure: Failure, attempts: int) -> Exception:
+        """Provider failures become one clear ProviderError; anything else (a bug, a budget stop) stays itself."""
+        if failure.retryable or failure.status is not None:
+            return final_error(exc, failure, attempts, timeout=self.timeout, base_url=self.base_url)
+        return exc
+
+    async def _retry(
+        self,
+        first: Exception,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+        params: dict[str, Any],
+        stream: bool,
+        limits: Limits | None,
+    ) -> ChatResult:
+        """Attempts 2..max_retries+1 with tenacity; the first attempt's failure is replayed as attempt 1."""
         item = current_item()
 
         async def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             failure = classify(exc) if exc else None
-            delay = state.upcoming_sleep
             if failure is not None and failure.throttled and limits is not None:
                 limits.concurrency.throttled()
             if item is not None:
@@ -124,7 +155,7 @@ class ManagedChatModel(BaseChatModel):
                 "retry %d/%d in %.2fs: %s%s",
                 state.attempt_number,
                 self.max_retries,
-                delay,
+                state.upcoming_sleep,
                 failure.reason if failure else "unknown",
                 f" (Retry-After {failure.retry_after:g}s)" if failure and failure.retry_after is not None else "",
             )
@@ -138,20 +169,20 @@ class ManagedChatModel(BaseChatModel):
             before_sleep=before_sleep,
             reraise=True,
         )
+        replay: list[Exception] = [first]
         attempts = 0
         try:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
+                    if replay:
+                        raise replay.pop()
                     result = await self._attempt(messages, stop, run_manager, params, stream, limits)
-        except Exception as exc:  # converted into one clear error
-            failure = classify(exc)
-            if failure.retryable or failure.status is not None:
-                raise final_error(exc, failure, attempts, timeout=self.timeout, base_url=self.base_url) from exc
-            raise
-        if limits is not None:
-            limits.concurrency.succeeded()
-        self._account(messages, result)
+        except Exception as exc:
+            error = self._final(exc, classify(exc), attempts)
+            if error is exc:
+                raise
+            raise error from exc
         return result
 
     async def _attempt(
