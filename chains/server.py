@@ -43,12 +43,13 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chains.errors import ChainRunnerError, ProviderError, UsageError
+from chains import errors
+from chains.errors import ChainRunnerError, ProviderError, UnknownChainError, UsageError
 from chains.execution import Record, StreamEvent, run_batch, stream_one
 from chains.models import ModelSession
 from chains.prompts_library import PromptLibrary
 from chains.registry import ChainInfo, get_chain, list_chains
-from chains.server_metrics import MetricsMiddleware, ServerMetrics
+from chains.server_metrics import MetricsMiddleware, ServerMetrics, outcome
 from chains.settings import RunSettings
 
 log = logging.getLogger("chains.server")
@@ -122,7 +123,7 @@ class BatchOut(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (401, 404, 413, 422, 500, 502, 503)
+    code: {"model": ErrorOut} for code in (401, 402, 404, 413, 422, 500, 502, 503)
 }
 
 
@@ -189,6 +190,14 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     if task.cancelled():
         raise _ClientGone
     return task.result()
+
+
+def _library_error(error: dict[str, Any]) -> int | None:
+    """The HTTP status of an error record whose type is one of ``chains.errors``."""
+    known = getattr(errors, str(error.get("type")), None)
+    if isinstance(known, type) and issubclass(known, ChainRunnerError):
+        return known.http_status
+    return None
 
 
 def _error_json(status: int, type_: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -315,7 +324,7 @@ class _Service:
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         self.session = ModelSession(self.settings)
         if self.session.notice:
-            log.warning(self.session.notice)
+            log.info(self.session.notice)  # ``serve`` has printed it already
         self.metrics.bind_limits(self.session.limits)
         self.log.open()
         try:
@@ -361,6 +370,8 @@ class _Service:
             status = 503
         elif isinstance(exc, ChainRunnerError):
             status = exc.http_status
+        elif exc is None and (declared := _library_error(error)) is not None:
+            status = declared  # failed before running (e.g. the budget was already spent)
         elif isinstance(exc, OutputParserException):
             status = 502
         else:
@@ -370,7 +381,7 @@ class _Service:
 
     def entry(self, chain: str, endpoint: str, value: Any, record: Record | None) -> dict[str, Any]:
         m = record.metrics if record is not None else None
-        status = "cancelled" if m is None or m.status == "cancelled" else ("ok" if record and record.ok else "failed")
+        status = "cancelled" if m is None or record is None else outcome(record)
         return {
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "chain": chain,
@@ -515,8 +526,6 @@ def create_app(
     async def unknown(name: str, endpoint: str) -> Any:
         if name in by_name:
             raise StarletteHTTPException(404, f"no endpoint {endpoint!r}; use invoke, batch or stream")
-        from chains.errors import UnknownChainError
-
         raise UnknownChainError(name, known)
 
     @app.get("/healthz", tags=["service"], summary="Liveness (no auth)")
@@ -613,7 +622,8 @@ async def serve(
     import uvicorn
 
     probe = ModelSession(settings)  # a bad --model / missing key fails here, as one line
-    probe.announce()
+    if not quiet:
+        probe.announce()
     await probe.aclose()
     if log_path:
         try:

@@ -23,6 +23,13 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ENDPOINTS = frozenset({"invoke", "batch", "stream"})
 
 
+def outcome(record: Record) -> str:
+    """ok, failed, cancelled or not_run (the budget was spent before it could run)."""
+    if record.metrics.status in ("cancelled", "not_run"):
+        return record.metrics.status
+    return "ok" if record.ok else "failed"
+
+
 class ServerMetrics:
     """Every metric the server exports, registered in ``self.registry``."""
 
@@ -37,7 +44,7 @@ class ServerMetrics:
             "chain_runner_http_requests_in_flight", "HTTP requests to chain routes being handled", registry=r
         )
         self.generations = Counter(
-            "chain_runner_generations", "Inputs run, by chain and outcome (ok, failed, cancelled)",
+            "chain_runner_generations", "Inputs by chain and outcome (ok, failed, cancelled, not_run)",
             ["chain", "status"], registry=r,
         )
         self.input_tokens = Counter("chain_runner_input_tokens", "Prompt tokens", ["chain"], registry=r)
@@ -49,6 +56,7 @@ class ServerMetrics:
             "chain_runner_ttft_seconds", "Time to the first visible token of one streamed input",
             ["chain"], buckets=TTFT_BUCKETS, registry=r,
         )
+        self.cost = Counter("chain_runner_cost_usd", "Estimated cost in USD (priced models)", ["chain"], registry=r)
         self.retries = Counter("chain_runner_retries", "Model request retries", ["chain"], registry=r)
         self.wait = Counter(
             "chain_runner_rate_limit_wait_seconds", "Seconds inputs waited for a model request slot",
@@ -76,8 +84,9 @@ class ServerMetrics:
 
     def observe(self, chain: str, record: Record) -> None:
         m = record.metrics
-        status = "cancelled" if m.status == "cancelled" else ("ok" if record.ok else "failed")
-        self.generations.labels(chain, status).inc()
+        self.generations.labels(chain, outcome(record)).inc()
+        if m.cost_usd:
+            self.cost.labels(chain).inc(m.cost_usd)
         self.input_tokens.labels(chain).inc(m.input_tokens)
         self.output_tokens.labels(chain).inc(m.output_tokens)
         self.retries.labels(chain).inc(m.retries)

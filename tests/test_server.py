@@ -1,0 +1,410 @@
+"""The HTTP server: routes, validation, auth, errors, metrics and the log in-process
+(httpx ASGI transport, lifespan run), and SSE, disconnects and the shared concurrency
+cap against a real ``runner.py serve`` uvicorn process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import ROOT, runner_env
+from fault_server import FaultServer
+
+from chains.server import create_app
+from chains.settings import RunSettings
+
+FAKE = RunSettings(model="fake")
+
+
+@asynccontextmanager
+async def client_for(settings: RunSettings = FAKE, **kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running, behind an in-process httpx client."""
+    app = create_app(settings, **kwargs)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+def on_fault_server(server: FaultServer, **values: Any) -> RunSettings:
+    return RunSettings(model="openai:test", base_url=server.base_url, **values)
+
+
+def parse_sse(text: str) -> list[tuple[str, Any]]:
+    events, name, data = [], None, []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("event:"):
+            name = line[len("event:") :].strip()
+        elif line.startswith("data:"):
+            data.append(line[len("data:") :].strip())
+        elif not line and name:
+            events.append((name, json.loads("\n".join(data))))
+            name, data = None, []
+    return events
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text (labels in any order)."""
+    for line in text.splitlines():
+        match = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
+        if match and match[1] == name:
+            found = dict(re.findall(r'(\w+)="([^"]*)"', match[2] or ""))
+            if found == labels:
+                return float(match[3])
+    raise AssertionError(f"no sample {name}{labels}")
+
+
+# ----------------------------------------------------------------------------- in-process
+
+
+async def test_routes_on_the_offline_model() -> None:
+    async with client_for() as client:
+        listing = (await client.get("/chains")).json()
+        story = next(c for c in listing if c["name"] == "story")
+        assert story["required"] == ["topic"] and story["description"]
+        assert story["input_schema"]["required"] == ["topic"]
+        assert story["input_schema"]["additionalProperties"] is False
+        assert next(c for c in listing if c["name"] == "keywords")["output_schema"]["type"] == "object"
+
+        r = await client.post("/chains/story/invoke", json={"input": {"topic": "a brave snail"}})
+        assert r.status_code == 200
+        body = r.json()
+        assert isinstance(body["output"], str) and "snail" in body["output"]
+        assert body["metrics"]["model_calls"] == 2 and body["metrics"]["output_tokens"] > 0
+
+        r = await client.post("/chains/keywords/invoke", json={"input": {"text": "rain"}, "config": {"tags": ["t"]}})
+        assert set(r.json()["output"]) == {"keywords", "sentiment"}
+
+        texts = [f"text number {i}" for i in range(5)]
+        r = await client.post("/chains/summarize/batch", json={"inputs": [{"text": t} for t in texts]})
+        assert r.status_code == 200
+        records = r.json()["records"]
+        assert [rec["index"] for rec in records] == list(range(5))
+        assert all(rec["error"] is None and rec["output"] for rec in records)
+        assert r.json()["summary"]["ok"] == 5
+
+        r = await client.post("/chains/story/stream", json={"input": {"topic": "a kite"}})
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = parse_sse(r.text)
+        assert [e for e, _ in events[:-1]] == ["token"] * (len(events) - 1) and len(events) > 5
+        kind, end = events[-1]
+        assert kind == "end" and end["output"] == "".join(d["text"] for _, d in events[:-1])
+        assert end["metrics"]["ttft_s"] is not None
+
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        assert (await client.get("/docs")).status_code == 200
+        schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+        assert schemas["StoryInput"]["required"] == ["topic"]
+        assert {"StoryInvokeRequest", "StoryBatchRequest", "StoryInvokeResponse", "ErrorOut"} <= set(schemas)
+
+        r = await client.post("/chains/nope/invoke", json={"input": {}})
+        assert r.status_code == 404 and "unknown chain 'nope'" in r.json()["error"]["message"]
+
+
+async def test_a_prompt_in_prompts_dir_is_served_whatever_its_variable_names(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "odd.yaml").write_text(
+        "name: odd\ndescription: Variables named like pydantic methods.\ninput_variables: [json, copy]\n"
+        "defaults:\n  copy: 2\nmessages:\n  - role: human\n    content: 'Topic: {json} x{copy}'\n"
+    )
+    async with client_for(prompts_dirs=[str(mine)]) as client:
+        odd = next(c for c in (await client.get("/chains")).json() if c["name"] == "odd")
+        assert (odd["required"], odd["optional"]) == (["json"], ["copy"])
+        r = await client.post("/chains/odd/invoke", json={"input": {"json": "a lantern"}})
+        assert r.status_code == 200 and "lantern" in r.json()["output"]
+        r = await client.post("/chains/odd/invoke", json={"input": {"copy": 3}})
+        assert r.status_code == 422 and "input.json: missing required field" in r.json()["error"]["message"]
+
+
+async def test_a_missing_or_unknown_field_is_a_422_naming_it() -> None:
+    async with client_for() as client:
+        r = await client.post("/chains/translate/invoke", json={"input": {"text": "hi", "lang": "fr"}})
+        assert r.status_code == 422
+        error = r.json()["error"]
+        assert error["type"] == "InputError"
+        assert "input.language: missing required field" in error["message"]
+        assert "input.lang: unknown field" in error["message"]
+        assert "translate takes: text, language" in error["message"]
+
+        r = await client.post("/chains/summarize/batch", json={"inputs": [{"text": "a"}, {"txt": "b"}]})
+        assert r.status_code == 422
+        assert "inputs[1].text: missing required field" in r.json()["error"]["message"]
+        r = await client.post("/chains/summarize/invoke", json={"input": {"text": "a"}, "extra": 1})
+        assert r.status_code == 422 and "extra: unknown field" in r.json()["error"]["message"]
+        r = await client.post("/chains/summarize/invoke", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 422 and "Traceback" not in r.text
+
+
+async def test_body_size_and_batch_length_are_limited_with_413() -> None:
+    async with client_for(max_body_bytes=2000, max_batch=3) as client:
+        r = await client.post("/chains/summarize/invoke", json={"input": {"text": "x" * 5000}})
+        assert r.status_code == 413
+        assert "limit of 2000 bytes" in r.json()["error"]["message"]
+
+        async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
+            yield b'{"input": {"text": "'
+            for _ in range(10):
+                yield b"y" * 500
+            yield b'"}}'
+
+        r = await client.post("/chains/summarize/invoke", content=chunked(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+
+        r = await client.post("/chains/summarize/batch", json={"inputs": [{"text": "a"}] * 4})
+        assert r.status_code == 413
+        assert "batch of 4 inputs is over the limit of 3" in r.json()["error"]["message"]
+        r = await client.post("/chains/summarize/batch", json={"inputs": [{"text": "a"}] * 3})
+        assert r.status_code == 200
+
+
+async def test_auth_needs_the_bearer_key_except_on_healthz(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with client_for(api_key="s3cret-token") as client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
+            for method, path in (("GET", "/chains"), ("GET", "/metrics"), ("GET", "/docs"), ("POST", "/chains/story/invoke")):
+                r = await client.request(method, path, headers=headers, json={"input": {"topic": "x"}})
+                assert r.status_code == 401, (path, headers)
+                assert r.headers["www-authenticate"] == "Bearer"
+        assert (await client.get("/healthz")).status_code == 200
+        ok = {"Authorization": "Bearer s3cret-token"}
+        assert (await client.get("/chains", headers=ok)).status_code == 200
+        assert (await client.post("/chains/story/invoke", headers=ok, json={"input": {"topic": "x"}})).status_code == 200
+
+    monkeypatch.setenv("RUNNER_API_KEY", "from-the-env")
+    async with client_for() as client:
+        assert (await client.get("/chains")).status_code == 401
+        assert (await client.get("/chains", headers={"Authorization": "Bearer from-the-env"})).status_code == 200
+
+
+async def test_batch_with_failures_gives_error_records_and_provider_errors_map_to_statuses(
+    fault_server: FaultServer,
+) -> None:
+    fault_server.add_fault("400", match="BAD-ROW")
+    fault_server.add_fault("429", match="BUSY", retry_after=7)
+    async with client_for(on_fault_server(fault_server, max_retries=0)) as client:
+        texts = ["first", "a BAD-ROW here", "third"]
+        r = await client.post("/chains/summarize/batch", json={"inputs": [{"text": t} for t in texts]})
+        assert r.status_code == 200
+        records = r.json()["records"]
+        assert [rec["index"] for rec in records] == [0, 1, 2]
+        assert records[0]["error"] is None and records[0]["output"].startswith("echo: ")
+        assert records[2]["error"] is None
+        assert records[1]["output"] is None
+        assert records[1]["error"]["type"] == "ProviderError" and records[1]["error"]["status"] == 400
+        assert r.json()["summary"]["failed"] == 1
+
+        r = await client.post("/chains/summarize/invoke", json={"input": {"text": "BAD-ROW"}})
+        assert r.status_code == 502
+        assert r.json()["error"]["type"] == "ProviderError" and "HTTP 400" in r.json()["error"]["message"]
+
+        r = await client.post("/chains/summarize/invoke", json={"input": {"text": "BUSY"}})
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "7"
+        assert "rate limited" in r.json()["error"]["message"]
+
+        text = (await client.get("/metrics")).text
+    assert metric(text, "chain_runner_generations_total", chain="summarize", status="ok") == 2
+    assert metric(text, "chain_runner_generations_total", chain="summarize", status="failed") == 3
+    assert metric(text, "chain_runner_http_requests_total", chain="summarize", endpoint="batch", code="200") == 1
+    assert metric(text, "chain_runner_http_requests_total", chain="summarize", endpoint="invoke", code="503") == 1
+
+
+async def test_a_spent_budget_is_a_402_and_not_run_records(fault_server: FaultServer) -> None:
+    async with client_for(on_fault_server(fault_server, max_cost=0.0)) as client:  # no price for "test"
+        r = await client.post("/chains/summarize/invoke", json={"input": {"text": "x"}})
+        assert r.status_code == 402 and r.json()["error"]["type"] == "BudgetExceededError"
+        r = await client.post("/chains/summarize/batch", json={"inputs": [{"text": "x"}, {"text": "y"}]})
+        assert r.status_code == 200 and r.json()["summary"]["not_run"] == 2
+        text = (await client.get("/metrics")).text
+    assert metric(text, "chain_runner_generations_total", chain="summarize", status="not_run") == 3
+    assert fault_server.stats()["requests"] == 0
+
+
+async def test_metrics_text_has_the_expected_names_and_counts() -> None:
+    async with client_for() as client:
+        for topic in ("a", "b"):
+            assert (await client.post("/chains/story/invoke", json={"input": {"topic": topic}})).status_code == 200
+        await client.post("/chains/story/stream", json={"input": {"topic": "c"}})
+        await client.post("/chains/story/invoke", json={"input": {}})
+        r = await client.get("/metrics")
+    assert r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert metric(text, "chain_runner_http_requests_total", chain="story", endpoint="invoke", code="200") == 2
+    assert metric(text, "chain_runner_http_requests_total", chain="story", endpoint="invoke", code="422") == 1
+    assert metric(text, "chain_runner_http_requests_total", chain="story", endpoint="stream", code="200") == 1
+    assert metric(text, "chain_runner_generations_total", chain="story", status="ok") == 3
+    assert metric(text, "chain_runner_latency_seconds_count", chain="story") == 3
+    assert metric(text, "chain_runner_ttft_seconds_count", chain="story") == 1
+    assert metric(text, "chain_runner_input_tokens_total", chain="story") > 0
+    assert metric(text, "chain_runner_output_tokens_total", chain="story") > 0
+    assert metric(text, "chain_runner_retries_total", chain="story") == 0
+    assert metric(text, "chain_runner_rate_limit_wait_seconds_total", chain="story") >= 0
+    assert metric(text, "chain_runner_http_requests_in_flight") == 0
+    assert metric(text, "chain_runner_model_requests_in_flight") == 0
+    assert "# TYPE chain_runner_cancelled_total counter" in text
+
+
+async def test_log_lines_are_written_after_the_response_without_secrets(
+    tmp_path: Path, fault_server: FaultServer
+) -> None:
+    provider_key = "sk-provider-SECRET-123"
+    fault_server.add_fault("401", match="LEAK", message=f"Incorrect API key provided: {provider_key}.")
+    log = tmp_path / "gen.jsonl"
+    settings = on_fault_server(fault_server, api_key=provider_key, max_retries=0)
+    auth = {"Authorization": "Bearer server-key-456"}
+    async with client_for(settings, api_key="server-key-456", log_path=str(log)) as client:
+        r = await client.post("/chains/summarize/invoke", headers=auth, json={"input": {"text": "hello"}})
+        assert r.status_code == 200
+        r = await client.post("/chains/summarize/invoke", headers=auth, json={"input": {"text": "LEAK"}})
+        assert r.status_code == 502 and provider_key not in r.text
+        r = await client.post("/chains/translate/batch", headers=auth,
+                              json={"inputs": [{"text": "a", "language": "fr"}, {"text": "LEAK", "language": "de"}]})
+        assert r.status_code == 200 and provider_key not in r.text
+    text = log.read_text()
+    entries = [json.loads(line) for line in text.splitlines()]
+    assert [(e["chain"], e["status"]) for e in entries] == [
+        ("summarize", "ok"), ("summarize", "failed"), ("translate", "ok"), ("translate", "failed")
+    ]
+    first = entries[0]
+    assert {"time", "chain", "input", "output", "usage", "latency_s", "status"} <= set(first)
+    assert first["input"] == {"text": "hello"} and first["output"].startswith("echo: ")
+    assert first["usage"]["output_tokens"] == 8 and first["latency_s"] > 0
+    assert "[redacted]" in entries[1]["error"]["message"]
+    for secret in (provider_key, "server-key-456", "Bearer", "uthorization"):
+        assert secret not in text
+
+
+# ----------------------------------------------------------------------------- real uvicorn
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serving(tmp_path: Path, server: FaultServer, *args: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``runner.py serve`` on a free port of 127.0.0.1 against the fault server; SIGTERM at the end."""
+    port = _free_port()
+    errors = (tmp_path / "serve.err").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "runner.py"), "serve", "--port", str(port), "--base-url", server.base_url,
+         "--model", "openai:test", "--grace", "2", *args],
+        stdout=subprocess.DEVNULL, stderr=errors, env=runner_env(),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, (tmp_path / "serve.err").read_text()
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        errors.close()
+
+
+async def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_sse_streaming_and_disconnects_over_real_http(tmp_path: Path, fault_server: FaultServer) -> None:
+    fault_server.configure(chunks=5, chunk_delay_ms=5)
+    log = tmp_path / "gen.jsonl"
+    with serving(tmp_path, fault_server, "--log", str(log)) as (url, process):
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            # token events in order, then one end event
+            events: list[tuple[str, Any]] = []
+            async with client.stream("POST", "/chains/summarize/stream", json={"input": {"text": "hi"}}) as r:
+                assert r.status_code == 200
+                buffer: list[str] = []
+                async for line in r.aiter_lines():
+                    buffer.append(line)
+                    if not line:
+                        events += parse_sse("\n".join(buffer))
+                        buffer = []
+            tokens = [data["text"] for kind, data in events if kind == "token"]
+            assert [kind for kind, _ in events] == ["token"] * 5 + ["end"]
+            assert tokens[0].startswith("echo: ") and tokens[1:] == [" t1", " t2", " t3", " t4"]
+            assert events[-1][1]["output"] == "".join(tokens)
+            assert events[-1][1]["metrics"]["ttft_s"] is not None
+
+            # the client reads two events and goes away: the upstream request is cancelled
+            fault_server.configure(chunks=200, chunk_delay_ms=50)
+            async with client.stream("POST", "/chains/summarize/stream", json={"input": {"text": "slow"}}) as r:
+                seen = 0
+                async for line in r.aiter_lines():
+                    seen += line.startswith("event: token")
+                    if seen == 2:
+                        break
+            await _wait_for(lambda: fault_server.stats()["cancelled"] == 1)
+
+            # the same before /invoke returns
+            fault_server.configure(latency_ms=3000)
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post("/chains/summarize/invoke", json={"input": {"text": "gone"}}, timeout=0.3)
+            await _wait_for(lambda: fault_server.stats()["cancelled"] == 2)
+            stats = fault_server.stats()
+            assert stats["completed"] == 1 and stats["in_flight"] == 0
+
+            text = (await client.get("/metrics")).text
+            assert metric(text, "chain_runner_cancelled_total", chain="summarize", endpoint="stream") == 1
+            assert metric(text, "chain_runner_cancelled_total", chain="summarize", endpoint="invoke") == 1
+            assert metric(text, "chain_runner_generations_total", chain="summarize", status="cancelled") == 2
+        process.send_signal(signal.SIGTERM)  # graceful: the log is complete once the process exits
+        assert process.wait(15) == -signal.SIGTERM  # uvicorn re-raises the signal after shutting down
+    statuses = [json.loads(line)["status"] for line in log.read_text().splitlines()]
+    assert statuses == ["ok", "cancelled", "cancelled"]
+
+
+async def test_max_concurrency_holds_across_simultaneous_http_requests(
+    tmp_path: Path, fault_server: FaultServer
+) -> None:
+    fault_server.configure(latency_ms=150)
+    with serving(tmp_path, fault_server, "--max-concurrency", "3") as (url, process):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            replies = await asyncio.gather(*(
+                client.post("/chains/summarize/invoke", json={"input": {"text": f"text {i}"}}) for i in range(12)
+            ))
+            assert [r.status_code for r in replies] == [200] * 12
+            assert all(f"text {i}" in r.json()["output"] for i, r in enumerate(replies))
+            stats = fault_server.stats()
+            assert stats["requests"] == 12 and stats["completed"] == 12
+            assert stats["peak_in_flight"] == 3
+
+            # SIGTERM: stop accepting, let the in-flight request finish within the grace period
+            fault_server.configure(latency_ms=600)
+            pending = asyncio.ensure_future(client.post("/chains/summarize/invoke", json={"input": {"text": "last"}}))
+            await _wait_for(lambda: fault_server.stats()["in_flight"] == 1)
+            process.send_signal(signal.SIGTERM)
+            reply = await pending
+            assert reply.status_code == 200 and reply.json()["output"].startswith("echo: ")
+        assert process.wait(15) == -signal.SIGTERM
