@@ -59,7 +59,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts-dir", action="append", default=[], metavar="DIR", help="also load prompt files from DIR (repeatable)")
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
+def _add_run_options(parser: argparse.ArgumentParser, *, batch: bool = True) -> None:
+    """Model, limit and cost options; ``batch`` adds those that only a file run has (output, resume)."""
     model = parser.add_argument_group("model")
     model.add_argument("--model", metavar="PROVIDER:MODEL", help="e.g. openai:gpt-4o-mini, or 'fake' (default: fake without OPENAI_API_KEY)")
     model.add_argument("--base-url", metavar="URL", help="OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio); default $OPENAI_BASE_URL")
@@ -70,17 +71,23 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--fake-delay", type=_non_negative_float, default=None, metavar="SECONDS", help="per-token delay of the fake model")
     run = parser.add_argument_group("run")
     run.add_argument("--max-concurrency", type=_positive_int, default=None, metavar="N", help="never more than N model requests in flight (default 8)")
+    if batch:
+        _add_batch_options(run)
+    limits = parser.add_argument_group("limits, resume and cost")
+    limits.add_argument("--rpm", type=_positive_float, help="requests per minute, shared by every request of the run")
+    limits.add_argument("--tpm", type=_positive_float, help="tokens per minute (estimated before, settled after each request)")
+    if batch:
+        limits.add_argument("--resume", action="store_true", help="skip inputs that already have a success record in --output")
+    limits.add_argument("--cache", metavar="FILE.sqlite", help="answer identical requests from this cache")
+    limits.add_argument("--max-cost", type=_non_negative_float, metavar="USD", help="stop admitting inputs before the run would cost more")
+    limits.add_argument("--prices", metavar="FILE", help='price table, JSON/YAML: {"model": {"input": USD, "output": USD}} per 1M tokens')
+
+
+def _add_batch_options(run: argparse._ArgumentGroup) -> None:
     run.add_argument("--output", metavar="FILE.jsonl", help="write one JSON record per input as each finishes")
     run.add_argument("--metrics-out", metavar="FILE.json", help="write the run summary as JSON")
     run.add_argument("--stream", dest="stream", action="store_true", default=None, help="stream tokens (live text for one input; time to first token)")
     run.add_argument("--no-stream", dest="stream", action="store_false", help="do not stream (default for many inputs)")
-    limits = parser.add_argument_group("limits, resume and cost")
-    limits.add_argument("--rpm", type=_positive_float, help="requests per minute, shared by every request of the run")
-    limits.add_argument("--tpm", type=_positive_float, help="tokens per minute (estimated before, settled after each request)")
-    limits.add_argument("--resume", action="store_true", help="skip inputs that already have a success record in --output")
-    limits.add_argument("--cache", metavar="FILE.sqlite", help="answer identical requests from this cache")
-    limits.add_argument("--max-cost", type=_non_negative_float, metavar="USD", help="stop admitting inputs before the run would cost more")
-    limits.add_argument("--prices", metavar="FILE", help='price table, JSON/YAML: {"model": {"input": USD, "output": USD}} per 1M tokens')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", metavar="KEY", default=None, help="require 'Authorization: Bearer KEY' on every route but /healthz (default $RUNNER_API_KEY)")
     serve.add_argument("--log", metavar="FILE.jsonl", default=None, help="append one JSON line per generation")
     serve.add_argument("--grace", type=_non_negative_float, default=10.0, metavar="SECONDS", help="on SIGTERM, let in-flight requests finish for up to SECONDS (default 10)")
-    _add_run_options(serve)
+    _add_run_options(serve, batch=False)
     _add_common(serve)
     return parser
 
