@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chains import errors
 from chains.errors import ChainRunnerError, ProviderError, UnknownChainError, UsageError
 from chains.execution import Record, StreamEvent, run_batch, stream_one
+from chains.metrics import ItemMetrics
 from chains.models import ModelSession
 from chains.prompts_library import PromptLibrary
 from chains.registry import ChainInfo, get_chain, list_chains
@@ -77,18 +78,8 @@ class RunConfig(BaseModel):
     run_name: str | None = None
 
 
-class ItemMetricsOut(BaseModel):
-    latency_s: float | None = None
-    ttft_s: float | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    tokens_estimated: bool = False
-    model_calls: int = 0
-    retries: int = 0
-    wait_s: float = 0.0
-    cache_hits: int = 0
-    cost_usd: float | None = None
-    status: str = "ok"
+# The response schema of a record's metrics is the library's own dataclass: one definition.
+ItemMetricsOut = ItemMetrics
 
 
 class ErrorDetail(BaseModel):
