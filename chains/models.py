@@ -8,6 +8,7 @@ an OpenAI model is used, so ``list``/``show`` and the offline model start fast.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from dataclasses import dataclass
@@ -83,7 +84,29 @@ def _create_openai(spec: ModelSpec, settings: RunSettings, http_client: Any) -> 
         "http_socket_options": (),
         "include_response_headers": True,  # x-ratelimit-* headers feed the rate limiter
     }
+    if settings.base_url and "api.openai.com" not in settings.base_url:
+        return _compatible_chat_openai()(**kwargs)
     return ChatOpenAI(**kwargs)
+
+
+@functools.cache
+def _compatible_chat_openai() -> type[BaseChatModel]:
+    """ChatOpenAI for OpenAI-compatible servers.
+
+    langchain-openai sends the length limit as ``max_completion_tokens`` (OpenAI's current
+    name); llama.cpp, vLLM, Ollama and LM Studio read ``max_tokens`` and silently ignore the
+    other, so answers would run to the end of the context window.
+    """
+    from langchain_openai import ChatOpenAI
+
+    class CompatibleChatOpenAI(ChatOpenAI):
+        def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+            payload = super()._get_request_payload(input_, stop=stop, **kwargs)
+            if "max_completion_tokens" in payload:
+                payload["max_tokens"] = payload.pop("max_completion_tokens")
+            return payload
+
+    return CompatibleChatOpenAI
 
 
 def _create_other(spec: ModelSpec, settings: RunSettings) -> BaseChatModel:

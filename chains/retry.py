@@ -128,7 +128,9 @@ _FIXES = {
 
 def final_error(exc: BaseException, failure: Failure, attempts: int, *, timeout: float, base_url: str | None) -> ProviderError:
     """The error an input fails with once no more attempts will be made."""
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    if len(detail) > 300:
+        detail = detail[:299] + "…"
     if failure.code == "context_length_exceeded":
         fix = "the prompt is longer than the model's context window; shorten the input or lower --max-tokens"
     elif failure.status is not None:

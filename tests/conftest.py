@@ -15,6 +15,9 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from fault_server import FaultServer, fault_server_fixture  # noqa: E402
+from llama_server import llama_server_fixture  # noqa: E402
+
+llama_server = pytest.fixture(scope="session", name="llama_server")(llama_server_fixture)
 
 _PROVIDER_VARS = (
     "OPENAI_API_KEY",
