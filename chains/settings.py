@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -37,6 +37,9 @@ class RunSettings(BaseModel):
     timeout: float = Field(default=DEFAULT_TIMEOUT_S, gt=0)
     max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0, le=100)
     fake_token_delay: float = Field(default=0.0, ge=0, description="seconds per token on the fake model")
+    http_backend: Literal["aiohttp", "httpx"] = Field(
+        default="aiohttp", description="transport of the OpenAI client's connection pool"
+    )
     rpm: float | None = Field(default=None, gt=0, description="requests per minute, shared by the whole run")
     tpm: float | None = Field(default=None, gt=0, description="tokens per minute, shared by the whole run")
     rate_window_s: float = Field(default=60.0, gt=0, description="the rate-limit window (tests shrink it)")
