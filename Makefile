@@ -20,3 +20,11 @@ test-all:
 
 story:
 	$(PYTHON) runner.py story --topics examples/topics.txt
+
+# Benchmarks (benchmarks/README.md): the full suite (about an hour), and the smoke version that
+# only checks every scenario and contender still runs (about a minute; never judges speed).
+bench:
+	$(PYTHON) benchmarks/run.py
+
+bench-smoke:
+	$(PYTHON) benchmarks/run.py --quick
