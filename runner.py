@@ -56,53 +56,108 @@ def _positive_float(text: str) -> float:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log each request decision; show tracebacks")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress, notices or summary on stderr")
-    parser.add_argument("--prompts-dir", action="append", default=[], metavar="DIR", help="also load prompt files from DIR (repeatable)")
+    parser.add_argument(
+        "--prompts-dir", action="append", default=[], metavar="DIR", help="also load prompt files from DIR (repeatable)"
+    )
 
 
 def _add_run_options(parser: argparse.ArgumentParser, *, batch: bool = True) -> None:
     """Model, limit and cost options; ``batch`` adds those that only a file run has (output, resume)."""
     model = parser.add_argument_group("model")
-    model.add_argument("--model", metavar="PROVIDER:MODEL", help="e.g. openai:gpt-4o-mini, or 'fake' (default: fake without OPENAI_API_KEY)")
-    model.add_argument("--base-url", metavar="URL", help="OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio); default $OPENAI_BASE_URL")
+    model.add_argument(
+        "--model",
+        metavar="PROVIDER:MODEL",
+        help="e.g. openai:gpt-4o-mini, or 'fake' (default: fake without OPENAI_API_KEY)",
+    )
+    model.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio); default $OPENAI_BASE_URL",
+    )
     model.add_argument("--temperature", type=_non_negative_float, help="override the prompt files' temperature")
     model.add_argument("--max-tokens", type=_positive_int, help="override the prompt files' max_tokens")
     model.add_argument("--timeout", type=_non_negative_float, default=None, help="seconds per request (default 60)")
-    model.add_argument("--max-retries", type=int, default=None, help="retries per request for transient failures (default 5)")
-    model.add_argument("--fake-delay", type=_non_negative_float, default=None, metavar="SECONDS", help="per-token delay of the fake model")
+    model.add_argument(
+        "--max-retries", type=int, default=None, help="retries per request for transient failures (default 5)"
+    )
+    model.add_argument(
+        "--fake-delay",
+        type=_non_negative_float,
+        default=None,
+        metavar="SECONDS",
+        help="per-token delay of the fake model",
+    )
     run = parser.add_argument_group("run")
-    run.add_argument("--max-concurrency", type=_positive_int, default=None, metavar="N", help="never more than N model requests in flight (default 8)")
+    run.add_argument(
+        "--max-concurrency",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="never more than N model requests in flight (default 8)",
+    )
     if batch:
         _add_batch_options(run)
     limits = parser.add_argument_group("limits, resume and cost")
     limits.add_argument("--rpm", type=_positive_float, help="requests per minute, shared by every request of the run")
-    limits.add_argument("--tpm", type=_positive_float, help="tokens per minute (estimated before, settled after each request)")
+    limits.add_argument(
+        "--tpm", type=_positive_float, help="tokens per minute (estimated before, settled after each request)"
+    )
     if batch:
-        limits.add_argument("--resume", action="store_true", help="skip inputs that already have a success record in --output")
+        limits.add_argument(
+            "--resume", action="store_true", help="skip inputs that already have a success record in --output"
+        )
     limits.add_argument("--cache", metavar="FILE.sqlite", help="answer identical requests from this cache")
-    limits.add_argument("--max-cost", type=_non_negative_float, metavar="USD", help="stop admitting inputs before the run would cost more")
-    limits.add_argument("--prices", metavar="FILE", help='price table, JSON/YAML: {"model": {"input": USD, "output": USD}} per 1M tokens')
+    limits.add_argument(
+        "--max-cost",
+        type=_non_negative_float,
+        metavar="USD",
+        help="stop admitting inputs before the run would cost more",
+    )
+    limits.add_argument(
+        "--prices",
+        metavar="FILE",
+        help='price table, JSON/YAML: {"model": {"input": USD, "output": USD}} per 1M tokens',
+    )
 
 
 def _add_batch_options(run: argparse._ArgumentGroup) -> None:
     run.add_argument("--output", metavar="FILE.jsonl", help="write one JSON record per input as each finishes")
     run.add_argument("--metrics-out", metavar="FILE.json", help="write the run summary as JSON")
-    run.add_argument("--stream", dest="stream", action="store_true", default=None, help="stream tokens (live text for one input; time to first token)")
+    run.add_argument(
+        "--stream",
+        dest="stream",
+        action="store_true",
+        default=None,
+        help="stream tokens (live text for one input; time to first token)",
+    )
     run.add_argument("--no-stream", dest="stream", action="store_false", help="do not stream (default for many inputs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="runner.py", description="Run LangChain chains built from declarative prompt files over many inputs.")
+    parser = _Parser(
+        prog="runner.py", description="Run LangChain chains built from declarative prompt files over many inputs."
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
-    story = commands.add_parser("story", help="write a story for every topic in a file", description="Write a story for every topic in FILE (one per line; blank and # lines skipped; - reads stdin).")
+    story = commands.add_parser(
+        "story",
+        help="write a story for every topic in a file",
+        description="Write a story for every topic in FILE (one per line; blank and # lines skipped; - reads stdin).",
+    )
     story.add_argument("--topics", required=True, metavar="FILE", help="topics file, one per line (- for stdin)")
     _add_run_options(story)
     _add_common(story)
 
-    run = commands.add_parser("run", help="run any chain over an input file", description="Run CHAIN over FILE: JSONL objects, CSV with a header, or plain lines for a one-input chain.")
+    run = commands.add_parser(
+        "run",
+        help="run any chain over an input file",
+        description="Run CHAIN over FILE: JSONL objects, CSV with a header, or plain lines for a one-input chain.",
+    )
     run.add_argument("chain", help="chain name (see: runner.py list)")
-    run.add_argument("--input", required=True, metavar="FILE", help="inputs: .jsonl, .csv, or plain lines (- for stdin)")
+    run.add_argument(
+        "--input", required=True, metavar="FILE", help="inputs: .jsonl, .csv, or plain lines (- for stdin)"
+    )
     _add_run_options(run)
     _add_common(run)
 
@@ -110,16 +165,35 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     _add_common(listing)
 
-    show = commands.add_parser("show", help="show a chain's prompts and inputs", description="Show a chain's inputs, prompt files and messages.")
+    show = commands.add_parser(
+        "show",
+        help="show a chain's prompts and inputs",
+        description="Show a chain's inputs, prompt files and messages.",
+    )
     show.add_argument("chain")
     _add_common(show)
 
-    serve = commands.add_parser("serve", help="serve every chain over HTTP", description="Serve every chain over HTTP (FastAPI + uvicorn): /chains, /chains/NAME/invoke|batch|stream, /healthz, /metrics, /docs.")
+    serve = commands.add_parser(
+        "serve",
+        help="serve every chain over HTTP",
+        description="Serve every chain over HTTP (FastAPI + uvicorn): /chains, /chains/NAME/invoke|batch|stream, /healthz, /metrics, /docs.",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
-    serve.add_argument("--api-key", metavar="KEY", default=None, help="require 'Authorization: Bearer KEY' on every route but /healthz (default $RUNNER_API_KEY)")
+    serve.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on every route but /healthz (default $RUNNER_API_KEY)",
+    )
     serve.add_argument("--log", metavar="FILE.jsonl", default=None, help="append one JSON line per generation")
-    serve.add_argument("--grace", type=_non_negative_float, default=10.0, metavar="SECONDS", help="on SIGTERM, let in-flight requests finish for up to SECONDS (default 10)")
+    serve.add_argument(
+        "--grace",
+        type=_non_negative_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGTERM, let in-flight requests finish for up to SECONDS (default 10)",
+    )
     _add_run_options(serve, batch=False)
     _add_common(serve)
     return parser
@@ -159,7 +233,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from chains.server import serve
 
-        return asyncio.run(serve(_settings(args), host=args.host, port=args.port, api_key=args.api_key, log_path=args.log, grace=args.grace, quiet=args.quiet))  # type: ignore[arg-type]
+        return asyncio.run(
+            serve(
+                _settings(args),
+                host=args.host,
+                port=args.port,
+                api_key=args.api_key,
+                log_path=args.log,
+                grace=args.grace,
+                quiet=args.quiet,
+            )
+        )  # type: ignore[arg-type]
 
     options = app.RunOptions(
         chain="story" if args.command == "story" else args.chain,

@@ -71,7 +71,10 @@ def show_command(name: str, prompts_dirs: list[str]) -> int:
     info = chain_info(name, library)
     print(f"{info.name}: {info.description}")
     print(f"  kind:     {info.kind}")
-    print(f"  inputs:   {', '.join(info.required) or '-'}" + (f" (optional: {', '.join(info.optional)})" if info.optional else ""))
+    print(
+        f"  inputs:   {', '.join(info.required) or '-'}"
+        + (f" (optional: {', '.join(info.optional)})" if info.optional else "")
+    )
     print(f"  files:    {', '.join(info.sources)}")
     prompts = HAND_WRITTEN[name].prompts if name in HAND_WRITTEN else (name,)
     for prompt in prompts:
@@ -123,7 +126,9 @@ async def run_command(options: RunOptions, settings: RunSettings) -> int:
         rows.close()
 
 
-async def _run(options: RunOptions, settings: RunSettings, library: Any, info: Any, inputs: Any, total: int | None) -> int:
+async def _run(
+    options: RunOptions, settings: RunSettings, library: Any, info: Any, inputs: Any, total: int | None
+) -> int:
     from rich.console import Console
 
     from chains.console import ProgressDisplay, live_token_handler, print_summary

@@ -40,7 +40,9 @@ def _decode(value: str) -> list[Generation]:
     generations: list[Generation] = []
     for item in json.loads(value):
         if "message" in item:
-            generations.append(ChatGeneration(message=AIMessage.model_validate(item["message"]), generation_info=item["info"]))
+            generations.append(
+                ChatGeneration(message=AIMessage.model_validate(item["message"]), generation_info=item["info"])
+            )
         else:
             generations.append(Generation(text=item["text"], generation_info=item["info"]))
     return generations

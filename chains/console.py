@@ -31,9 +31,7 @@ def live_token_handler(out: TextIO | None = None, err: TextIO | None = None) -> 
     def on_discard(run_id: UUID, text: str) -> None:
         stdout.write("\n")
         stdout.flush()
-        stderr.write(
-            f"[attempt failed after {len(text)} characters: the text above is discarded; retrying]\n"
-        )
+        stderr.write(f"[attempt failed after {len(text)} characters: the text above is discarded; retrying]\n")
         stderr.flush()
 
     return TokenStreamHandler(on_token, on_discard)

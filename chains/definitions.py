@@ -33,20 +33,22 @@ def compile_spec(spec: PromptSpec, model: BaseChatModel) -> Runnable[dict[str, A
 def build_story_chain(model: BaseChatModel, *, library: PromptLibrary | None = None) -> Runnable[dict[str, Any], str]:
     """``{topic}`` → a short outline (``story_outline``) → the story written from it (``story``)."""
     prompts = library or default_library()
-    outline = compile_spec(prompts.spec("story_outline"), model).with_config(
-        run_name="outline", tags=[INTERMEDIATE]
-    )
+    outline = compile_spec(prompts.spec("story_outline"), model).with_config(run_name="outline", tags=[INTERMEDIATE])
     story = compile_spec(prompts.spec("story"), model)
     return (RunnablePassthrough.assign(outline=outline) | story).with_config(run_name="story")
 
 
-def build_summarize_chain(model: BaseChatModel, *, library: PromptLibrary | None = None) -> Runnable[dict[str, Any], str]:
+def build_summarize_chain(
+    model: BaseChatModel, *, library: PromptLibrary | None = None
+) -> Runnable[dict[str, Any], str]:
     """``{text, sentences?}`` → a summary."""
     prompts = library or default_library()
     return compile_spec(prompts.spec("summarize"), model)
 
 
-def build_translate_chain(model: BaseChatModel, *, library: PromptLibrary | None = None) -> Runnable[dict[str, Any], str]:
+def build_translate_chain(
+    model: BaseChatModel, *, library: PromptLibrary | None = None
+) -> Runnable[dict[str, Any], str]:
     """``{text, language}`` → the text in that language."""
     prompts = library or default_library()
     return compile_spec(prompts.spec("translate"), model)

@@ -48,10 +48,7 @@ class UnknownChainError(ChainRunnerError):
         self.name = name
         self.known = known
         listing = ", ".join(known) if known else "none"
-        super().__init__(
-            f"unknown chain {name!r}; known chains: {listing} "
-            "(add prompts/<name>.yaml to create one)"
-        )
+        super().__init__(f"unknown chain {name!r}; known chains: {listing} (add prompts/<name>.yaml to create one)")
 
 
 class InputError(ChainRunnerError):

@@ -26,7 +26,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import Runnable
 
 from chains.callbacks import MetricsHandler, TokenStreamHandler
-from chains.errors import BudgetExceededError, ChainRunnerError, ProviderError
+from chains.errors import BudgetExceededError, ProviderError
 from chains.limits import Limits, use_limits
 from chains.metrics import ItemMetrics, RunSummary, set_current_item
 from chains.settings import RunSettings
@@ -285,4 +285,4 @@ async def stream_one(
         await asyncio.gather(task, return_exceptions=True)
 
 
-__all__ = ["BatchRun", "ChainRunnerError", "Record", "StreamEvent", "error_dict", "run_batch", "stream_one"]
+__all__ = ["BatchRun", "Record", "StreamEvent", "error_dict", "run_batch", "stream_one"]

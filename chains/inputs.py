@@ -110,9 +110,7 @@ def detect_format(path: str) -> str:
     return "lines"
 
 
-def read_inputs(
-    path: str, *, chain: str, required: Sequence[str], fmt: str | None = None
-) -> Rows:
+def read_inputs(path: str, *, chain: str, required: Sequence[str], fmt: str | None = None) -> Rows:
     """Rows for ``chain`` from JSONL objects, CSV with a header, or plain lines (one-variable chains)."""
     fmt = fmt or detect_format(path)
     handle = _open(path, "--input")

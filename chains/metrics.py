@@ -39,9 +39,7 @@ class ItemMetrics:
         return data
 
 
-_current: contextvars.ContextVar[ItemMetrics | None] = contextvars.ContextVar(
-    "chain_runner_item", default=None
-)
+_current: contextvars.ContextVar[ItemMetrics | None] = contextvars.ContextVar("chain_runner_item", default=None)
 
 
 def current_item() -> ItemMetrics | None:

@@ -123,7 +123,9 @@ def _create_other(spec: ModelSpec, settings: RunSettings) -> BaseChatModel:
         ) from exc
     except ValueError as exc:
         first = str(exc).splitlines()[0]
-        raise ModelConfigError(f"--model {spec}: {first}; use a provider LangChain knows, e.g. openai:gpt-4o-mini") from exc
+        raise ModelConfigError(
+            f"--model {spec}: {first}; use a provider LangChain knows, e.g. openai:gpt-4o-mini"
+        ) from exc
 
 
 def create_http_client(settings: RunSettings) -> Any:
@@ -135,8 +137,10 @@ def create_http_client(settings: RunSettings) -> Any:
     import openai
 
     connections = max(10, settings.max_concurrency * 2)
-    for name in ("DefaultAioHttpClient", "DefaultAsyncHttpxClient") if settings.http_backend == "aiohttp" else (
-        "DefaultAsyncHttpxClient",
+    for name in (
+        ("DefaultAioHttpClient", "DefaultAsyncHttpxClient")
+        if settings.http_backend == "aiohttp"
+        else ("DefaultAsyncHttpxClient",)
     ):
         factory = getattr(openai, name, None)
         if factory is None:

@@ -40,12 +40,9 @@ class JsonSchemaOutputParser(BaseOutputParser[Any]):
             ) from None
         error = best_match(Draft202012Validator(self.json_schema).iter_errors(value))
         if error is not None:
-            where = "$" + "".join(
-                f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
-            )
+            where = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
             raise OutputParserException(
-                f"{self.prompt_name}: model output does not match the output schema at {where}: "
-                f"{error.message}",
+                f"{self.prompt_name}: model output does not match the output schema at {where}: {error.message}",
                 llm_output=text,
             )
         return value

@@ -102,9 +102,7 @@ def template_variables(template: str) -> list[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ValueError(
-            f"unbalanced brace ({exc}); write literal braces as {{{{ and }}}}"
-        ) from None
+        raise ValueError(f"unbalanced brace ({exc}); write literal braces as {{{{ and }}}}") from None
     found: list[str] = []
     for _literal, field, spec, conversion in parsed:
         if field is None:
@@ -113,8 +111,7 @@ def template_variables(template: str) -> list[str]:
         shown += (f":{spec}" if spec else "") + "}"
         if field == "":
             raise ValueError(
-                f"{shown} has no variable name; use a name like {{text}}, "
-                "or write literal braces as {{ }}"
+                f"{shown} has no variable name; use a name like {{text}}, or write literal braces as {{{{ }}}}"
             )
         if conversion or spec:
             raise ValueError(
@@ -202,14 +199,10 @@ class OutputSpec(_Strict):
     @model_validator(mode="after")
     def _schema_fits_kind(self) -> OutputSpec:
         if self.kind == "text" and self.json_schema is not None:
-            raise _Problem(
-                "output.schema", "is only used with kind: json; remove it or set kind: json"
-            )
+            raise _Problem("output.schema", "is only used with kind: json; remove it or set kind: json")
         if self.kind == "json":
             if self.json_schema is None:
-                raise _Problem(
-                    "output", "kind: json needs a schema; add output.schema with a JSON Schema"
-                )
+                raise _Problem("output", "kind: json needs a schema; add output.schema with a JSON Schema")
             from jsonschema import Draft202012Validator, SchemaError
 
             try:
@@ -242,8 +235,7 @@ class PromptSpec(_Strict):
     def _valid_name(cls, name: str) -> str:
         if not _NAME_RE.fullmatch(name):
             raise ValueError(
-                f"{name!r} must match {NAME_RULE} "
-                "(lowercase letters, digits and underscores, starting with a letter)"
+                f"{name!r} must match {NAME_RULE} (lowercase letters, digits and underscores, starting with a letter)"
             )
         return name
 
@@ -276,9 +268,7 @@ class PromptSpec(_Strict):
         if not self.messages:
             raise _Problem("messages", "is empty; add at least one message with role: human")
         if not any(m.role == "human" for m in self.messages):
-            raise _Problem(
-                "messages", "has no human message; add one with role: human and a content"
-            )
+            raise _Problem("messages", "has no human message; add one with role: human and a content")
         declared = self.input_variables
         declared_text = _quoted(declared) if declared else "none"
         used: list[str] = []
@@ -294,8 +284,7 @@ class PromptSpec(_Strict):
             if var not in used:
                 raise _Problem(
                     "input_variables",
-                    f"declares '{var}' but no message uses {{{var}}}; "
-                    "remove it or use it in a message",
+                    f"declares '{var}' but no message uses {{{var}}}; remove it or use it in a message",
                 )
         placeholders = {m.variable for m in self.messages if isinstance(m, PlaceholderMessage)}
         for index, message in enumerate(self.messages):
@@ -311,8 +300,7 @@ class PromptSpec(_Strict):
             if key not in declared:
                 raise _Problem(
                     "defaults",
-                    f"'{key}' is not in input_variables ({declared_text}); "
-                    "declare it or remove the default",
+                    f"'{key}' is not in input_variables ({declared_text}); declare it or remove the default",
                 )
             if key in placeholders:
                 raise _Problem(
@@ -338,10 +326,7 @@ class PromptSpec(_Strict):
     def _optional(self, var: str) -> bool:
         if var in self.defaults:
             return True
-        return any(
-            isinstance(m, PlaceholderMessage) and m.variable == var and m.optional
-            for m in self.messages
-        )
+        return any(isinstance(m, PlaceholderMessage) and m.variable == var and m.optional for m in self.messages)
 
     @property
     def required_variables(self) -> list[str]:
@@ -375,11 +360,7 @@ class PromptSpec(_Strict):
             if isinstance(message, PlaceholderMessage):
                 parts.append(MessagesPlaceholder(message.variable, optional=message.optional))
             else:
-                parts.append(
-                    templates[message.role].from_template(
-                        message.content, template_format="f-string"
-                    )
-                )
+                parts.append(templates[message.role].from_template(message.content, template_format="f-string"))
         prompt = ChatPromptTemplate.from_messages(parts)
         return prompt.partial(**self.defaults) if self.defaults else prompt
 
@@ -395,9 +376,7 @@ class PromptSpec(_Strict):
 
         if self.output.kind == "json":
             assert self.output.json_schema is not None  # guaranteed by OutputSpec
-            return JsonSchemaOutputParser(
-                prompt_name=self.name, json_schema=self.output.json_schema
-            )
+            return JsonSchemaOutputParser(prompt_name=self.name, json_schema=self.output.json_schema)
         return StrOutputParser()
 
     def response_format(self) -> dict[str, Any] | None:
@@ -490,14 +469,10 @@ def _spec_error(label: str, exc: ValidationError) -> PromptSpecError:
             text += "; templates are always f-strings ({name}, literal braces {{ }})"
         return PromptSpecError(label, _field_path(loc[:-1]), text)
     if kind == "missing":
-        return PromptSpecError(
-            label, _field_path(loc[:-1]), f"missing required key '{loc[-1]}'; add it"
-        )
+        return PromptSpecError(label, _field_path(loc[:-1]), f"missing required key '{loc[-1]}'; add it")
     roles = ", ".join(_ROLES)
     if kind == "union_tag_invalid":
-        return PromptSpecError(
-            label, f"{field}.role", f"'{ctx.get('tag')}' is not a role; use one of: {roles}"
-        )
+        return PromptSpecError(label, f"{field}.role", f"'{ctx.get('tag')}' is not a role; use one of: {roles}")
     if kind == "union_tag_not_found":
         return PromptSpecError(label, field, f"missing required key 'role'; use one of: {roles}")
     if kind in _EXPECTED:
@@ -535,9 +510,7 @@ def parse_spec(text: str, label: str, stem: str | None) -> PromptSpec:
             "containing ': ' or starting with '{'",
         ) from None
     if data is None:
-        raise PromptSpecError(
-            label, "", "file is empty; expected name, description, input_variables and messages"
-        )
+        raise PromptSpecError(label, "", "file is empty; expected name, description, input_variables and messages")
     if not isinstance(data, dict):
         raise PromptSpecError(
             label,
@@ -572,9 +545,7 @@ def load_spec(path: Path, label: str | None = None) -> PromptSpec:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PromptSpecError(
-            shown, "", f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"
-        ) from None
+        raise PromptSpecError(shown, "", f"not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
     # Strict UTF-8 decoding round-trips, so the digest equals sha256(raw).
     return parse_spec(text, shown, path.stem)
 
@@ -635,4 +606,3 @@ def packaged_prompts_dir() -> Path:
     if isinstance(root, Path):
         return root
     return Path(str(root))
-

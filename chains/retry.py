@@ -22,8 +22,17 @@ from chains.errors import ProviderError
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 # Transport failures by class name, for HTTP stacks we do not import (httpx, httpx2, aiohttp).
 _CONNECTION_ERRORS = frozenset(
-    {"ConnectError", "ReadError", "WriteError", "RemoteProtocolError", "LocalProtocolError", "NetworkError",
-     "ClientConnectionError", "ServerDisconnectedError", "ClientPayloadError"}
+    {
+        "ConnectError",
+        "ReadError",
+        "WriteError",
+        "RemoteProtocolError",
+        "LocalProtocolError",
+        "NetworkError",
+        "ClientConnectionError",
+        "ServerDisconnectedError",
+        "ClientPayloadError",
+    }
 )
 DEFAULT_BACKOFF_BASE = 0.5
 DEFAULT_BACKOFF_CAP = 30.0
@@ -126,7 +135,9 @@ _FIXES = {
 }
 
 
-def final_error(exc: BaseException, failure: Failure, attempts: int, *, timeout: float, base_url: str | None) -> ProviderError:
+def final_error(
+    exc: BaseException, failure: Failure, attempts: int, *, timeout: float, base_url: str | None
+) -> ProviderError:
     """The error an input fails with once no more attempts will be made."""
     detail = " ".join(str(exc).split()) or type(exc).__name__
     if len(detail) > 300:

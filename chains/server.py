@@ -134,7 +134,12 @@ def _chain_models(info: ChainInfo) -> tuple[type[BaseModel], ...]:
     strict = ConfigDict(extra="forbid")
     inputs = create_model(f"{camel}Input", __config__=strict, **fields)
     invoke = create_model(f"{camel}InvokeRequest", __config__=strict, input=(inputs, ...), config=(RunConfig, None))
-    batch = create_model(f"{camel}BatchRequest", __config__=strict, inputs=(list[inputs], ...), config=(RunConfig, None))  # type: ignore[valid-type]
+    batch = create_model(
+        f"{camel}BatchRequest",
+        __config__=strict,
+        inputs=(list[inputs], ...),  # type: ignore[valid-type]
+        config=(RunConfig, None),
+    )
     schema = info.output_schema or {"type": "string"}
     response = create_model(
         f"{camel}InvokeResponse", output=(Any, Field(json_schema_extra=schema)), metrics=(ItemMetricsOut, ...)
@@ -191,7 +196,9 @@ def _library_error(error: dict[str, Any]) -> int | None:
     return None
 
 
-def _error_json(status: int, type_: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+def _error_json(
+    status: int, type_: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     return JSONResponse({"error": {"type": type_, "message": message, **extra}}, status_code=status, headers=headers)
 
 
@@ -244,7 +251,9 @@ class _AuthMiddleware:
             given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
             if not hmac.compare_digest(given, self.expected):
                 response = _error_json(
-                    401, "Unauthorized", "missing or wrong API key; send 'Authorization: Bearer <key>'",
+                    401,
+                    "Unauthorized",
+                    "missing or wrong API key; send 'Authorization: Bearer <key>'",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
                 await response(scope, receive, send)
@@ -295,8 +304,15 @@ class _BodyLimitMiddleware:
 class _Service:
     """What the routes share: the session, built chains, metrics and the log."""
 
-    def __init__(self, settings: RunSettings, library: PromptLibrary, metrics: ServerMetrics,
-                 log_path: str | None, secrets: Sequence[str], grace: float) -> None:
+    def __init__(
+        self,
+        settings: RunSettings,
+        library: PromptLibrary,
+        metrics: ServerMetrics,
+        log_path: str | None,
+        secrets: Sequence[str],
+        grace: float,
+    ) -> None:
         self.settings = settings
         self.library = library
         self.metrics = metrics
@@ -351,7 +367,9 @@ class _Service:
         status, headers, body = self.describe_error(exc, error)
         return JSONResponse({"error": body}, status_code=status, headers=headers)
 
-    def describe_error(self, exc: BaseException | None, error: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, str]]:
+    def describe_error(
+        self, exc: BaseException | None, error: dict[str, Any]
+    ) -> tuple[int, dict[str, str], dict[str, str]]:
         """HTTP status, headers and ``{"type", "message"}`` for a failed input."""
         headers: dict[str, str] = {}
         message = self.redact(str(error.get("message", "")))
@@ -380,8 +398,9 @@ class _Service:
             "index": record.index if record is not None else 0,
             "input": value,
             "output": record.output if record is not None else None,
-            "usage": {"input_tokens": m.input_tokens, "output_tokens": m.output_tokens,
-                      "estimated": m.tokens_estimated} if m else None,
+            "usage": {"input_tokens": m.input_tokens, "output_tokens": m.output_tokens, "estimated": m.tokens_estimated}
+            if m
+            else None,
             "latency_s": round(m.latency_s, 4) if m and m.latency_s is not None else None,
             "ttft_s": round(m.ttft_s, 4) if m and m.ttft_s is not None else None,
             "status": status,
@@ -394,8 +413,9 @@ class _Service:
 
     # -- the three ways to run a chain
 
-    async def invoke(self, name: str, request: Request, value: dict[str, Any], config: RunConfig | None,
-                     background: BackgroundTasks) -> Any:
+    async def invoke(
+        self, name: str, request: Request, value: dict[str, Any], config: RunConfig | None, background: BackgroundTasks
+    ) -> Any:
         capture = _ErrorCapture()
         batch = run_batch(self.chain(name, config, streaming=False), [value], **self.run_kwargs(capture))
         try:
@@ -410,8 +430,15 @@ class _Service:
             return self.error_response(capture.error, record.error or {})
         return {"output": record.output, "metrics": record.metrics.to_dict()}
 
-    async def batch(self, name: str, request: Request, values: list[dict[str, Any]], config: RunConfig | None,
-                    background: BackgroundTasks, max_batch: int) -> Any:
+    async def batch(
+        self,
+        name: str,
+        request: Request,
+        values: list[dict[str, Any]],
+        config: RunConfig | None,
+        background: BackgroundTasks,
+        max_batch: int,
+    ) -> Any:
         if len(values) > max_batch:
             raise PayloadTooLarge(f"batch of {len(values)} inputs is over the limit of {max_batch}; split it")
         batch = run_batch(self.chain(name, config, streaming=False), values, **self.run_kwargs())
@@ -427,8 +454,10 @@ class _Service:
             self.metrics.observe(name, record)
         self.log_later(background, [self.entry(name, "batch", r.input, r) for r in records])
         return {
-            "records": [{"index": r.index, "output": r.output, "error": r.error, "metrics": r.metrics.to_dict()}
-                        for r in records],
+            "records": [
+                {"index": r.index, "output": r.output, "error": r.error, "metrics": r.metrics.to_dict()}
+                for r in records
+            ],
             "summary": summary,
         }
 
@@ -502,10 +531,17 @@ def create_app(
     for info in infos:
         models = _chain_models(info)
         _add_chain_routes(app, service, info, models, max_batch)
-        catalogue.append(ChainOut(
-            name=info.name, description=info.description, kind=info.kind, required=list(info.required),
-            optional=list(info.optional), input_schema=models[0].model_json_schema(), output_schema=info.output_schema,
-        ).model_dump())
+        catalogue.append(
+            ChainOut(
+                name=info.name,
+                description=info.description,
+                kind=info.kind,
+                required=list(info.required),
+                optional=list(info.optional),
+                input_schema=models[0].model_json_schema(),
+                output_schema=info.output_schema,
+            ).model_dump()
+        )
     known = [info.name for info in infos]
     by_name = {info.name: info for info in infos}
 
@@ -570,28 +606,48 @@ def create_app(
     return app
 
 
-def _add_chain_routes(app: FastAPI, service: _Service, info: ChainInfo,
-                      models: tuple[type[BaseModel], ...], max_batch: int) -> None:
+def _add_chain_routes(
+    app: FastAPI, service: _Service, info: ChainInfo, models: tuple[type[BaseModel], ...], max_batch: int
+) -> None:
     name = info.name
     _inputs, InvokeRequest, BatchRequest, InvokeResponse = models
     tags: list[str | Enum] = [name]
 
-    @app.post(f"/chains/{name}/invoke", response_model=InvokeResponse, responses=_ERRORS, tags=tags,
-              summary=f"Run {name} on one input", description=info.description)
+    @app.post(
+        f"/chains/{name}/invoke",
+        response_model=InvokeResponse,
+        responses=_ERRORS,
+        tags=tags,
+        summary=f"Run {name} on one input",
+        description=info.description,
+    )
     async def invoke(request: Request, body: InvokeRequest, background: BackgroundTasks) -> Any:  # type: ignore[valid-type]
         return await service.invoke(name, request, _values(body.input), body.config, background)  # type: ignore[attr-defined]
 
-    @app.post(f"/chains/{name}/batch", response_model=BatchOut, responses=_ERRORS, tags=tags,
-              summary=f"Run {name} on many inputs (records in input order)")
+    @app.post(
+        f"/chains/{name}/batch",
+        response_model=BatchOut,
+        responses=_ERRORS,
+        tags=tags,
+        summary=f"Run {name} on many inputs (records in input order)",
+    )
     async def batch(request: Request, body: BatchRequest, background: BackgroundTasks) -> Any:  # type: ignore[valid-type]
         values = [_values(item) for item in body.inputs]  # type: ignore[attr-defined]
         return await service.batch(name, request, values, body.config, background, max_batch)  # type: ignore[attr-defined]
 
-    @app.post(f"/chains/{name}/stream", responses={
-        200: {"content": {"text/event-stream": {}},
-              "description": "SSE: `token` events ({text}), then `end` ({output, metrics}) or `error`"},
-        **_ERRORS,
-    }, tags=tags, summary=f"Stream {name}'s tokens as Server-Sent Events", response_class=EventSourceResponse)
+    @app.post(
+        f"/chains/{name}/stream",
+        responses={
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "SSE: `token` events ({text}), then `end` ({output, metrics}) or `error`",
+            },
+            **_ERRORS,
+        },
+        tags=tags,
+        summary=f"Stream {name}'s tokens as Server-Sent Events",
+        response_class=EventSourceResponse,
+    )
     async def stream(body: InvokeRequest) -> Response:  # type: ignore[valid-type]
         return service.stream(name, _values(body.input), body.config)  # type: ignore[attr-defined]
 
@@ -623,8 +679,13 @@ async def serve(
             raise UsageError(f"--log {log_path}: cannot write ({exc.strerror}); check the directory") from exc
     app = create_app(settings, api_key=api_key, log_path=log_path, grace=grace)
     config = uvicorn.Config(
-        app, host=host, port=port, timeout_graceful_shutdown=math.ceil(grace), server_header=False,
-        log_level="warning" if quiet else "info", access_log=not quiet,
+        app,
+        host=host,
+        port=port,
+        timeout_graceful_shutdown=math.ceil(grace),
+        server_header=False,
+        log_level="warning" if quiet else "info",
+        access_log=not quiet,
     )
     server = uvicorn.Server(config)
     await server.serve()

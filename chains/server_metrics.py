@@ -37,15 +37,19 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.http_requests = Counter(
-            "chain_runner_http_requests", "HTTP requests to chain routes by chain, endpoint and status code",
-            ["chain", "endpoint", "code"], registry=r,
+            "chain_runner_http_requests",
+            "HTTP requests to chain routes by chain, endpoint and status code",
+            ["chain", "endpoint", "code"],
+            registry=r,
         )
         self.http_in_flight = Gauge(
             "chain_runner_http_requests_in_flight", "HTTP requests to chain routes being handled", registry=r
         )
         self.generations = Counter(
-            "chain_runner_generations", "Inputs by chain and outcome (ok, failed, cancelled, not_run)",
-            ["chain", "status"], registry=r,
+            "chain_runner_generations",
+            "Inputs by chain and outcome (ok, failed, cancelled, not_run)",
+            ["chain", "status"],
+            registry=r,
         )
         self.input_tokens = Counter("chain_runner_input_tokens", "Prompt tokens", ["chain"], registry=r)
         self.output_tokens = Counter("chain_runner_output_tokens", "Completion tokens", ["chain"], registry=r)
@@ -53,18 +57,25 @@ class ServerMetrics:
             "chain_runner_latency_seconds", "Time to run one input", ["chain"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.ttft = Histogram(
-            "chain_runner_ttft_seconds", "Time to the first visible token of one streamed input",
-            ["chain"], buckets=TTFT_BUCKETS, registry=r,
+            "chain_runner_ttft_seconds",
+            "Time to the first visible token of one streamed input",
+            ["chain"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
         )
         self.cost = Counter("chain_runner_cost_usd", "Estimated cost in USD (priced models)", ["chain"], registry=r)
         self.retries = Counter("chain_runner_retries", "Model request retries", ["chain"], registry=r)
         self.wait = Counter(
-            "chain_runner_rate_limit_wait_seconds", "Seconds inputs waited for a model request slot",
-            ["chain"], registry=r,
+            "chain_runner_rate_limit_wait_seconds",
+            "Seconds inputs waited for a model request slot",
+            ["chain"],
+            registry=r,
         )
         self.cancelled = Counter(
-            "chain_runner_cancelled", "Requests cancelled because the client disconnected",
-            ["chain", "endpoint"], registry=r,
+            "chain_runner_cancelled",
+            "Requests cancelled because the client disconnected",
+            ["chain", "endpoint"],
+            registry=r,
         )
         self.model_in_flight = Gauge(
             "chain_runner_model_requests_in_flight", "Model requests in flight (shared limit)", registry=r
@@ -72,9 +83,7 @@ class ServerMetrics:
         self.model_waiting = Gauge(
             "chain_runner_model_requests_waiting", "Model requests waiting for a slot", registry=r
         )
-        self.model_limit = Gauge(
-            "chain_runner_model_concurrency_limit", "Current model concurrency window", registry=r
-        )
+        self.model_limit = Gauge("chain_runner_model_concurrency_limit", "Current model concurrency window", registry=r)
 
     def bind_limits(self, limits: Limits) -> None:
         """Read the shared limits' live numbers at scrape time."""

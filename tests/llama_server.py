@@ -93,16 +93,27 @@ class LlamaServer:
     def command(self) -> list[str]:
         threads = max(1, (os.cpu_count() or 2) // 2)
         return [
-            sys.executable, "-m", "llama_cpp.server",
-            "--model", str(self.model),
-            "--model_alias", MODEL_ALIAS,
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
-            "--n_ctx", str(self.n_ctx),
-            "--n_threads", str(threads),
-            "--n_threads_batch", str(threads),
-            "--interrupt_requests", "False",
-            "--verbose", "True",
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(self.model),
+            "--model_alias",
+            MODEL_ALIAS,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--n_ctx",
+            str(self.n_ctx),
+            "--n_threads",
+            str(threads),
+            "--n_threads_batch",
+            str(threads),
+            "--interrupt_requests",
+            "False",
+            "--verbose",
+            "True",
         ]
 
     def log_tail(self, lines: int = 30) -> str:
@@ -309,7 +320,9 @@ class RecordingProxy:
                 upstream = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=300)
                 try:
                     headers = {
-                        k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept", "authorization")
+                        k: v
+                        for k, v in self.headers.items()
+                        if k.lower() in ("content-type", "accept", "authorization")
                     }
                     upstream.request(self.command, self.path, body=body or None, headers=headers)
                     answer = upstream.getresponse()
@@ -350,7 +363,7 @@ def _parse_sse(raw: bytes, exchange: Exchange) -> None:
     for line in raw.decode("utf-8").splitlines():
         if not line.startswith("data:"):
             continue
-        payload = line[len("data:"):].strip()
+        payload = line[len("data:") :].strip()
         if payload == "[DONE]":
             exchange.done = True
         elif payload:

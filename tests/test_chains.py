@@ -131,7 +131,9 @@ def test_a_name_clash_between_directories_names_both_files(tmp_path: Path) -> No
 
 
 def test_a_broken_prompt_file_fails_when_its_chain_is_used(tmp_path: Path) -> None:
-    write_prompt(tmp_path / "p", "broken", CHAT.replace("name: chat", "name: broken").replace("{question}", "{questoin}"))
+    write_prompt(
+        tmp_path / "p", "broken", CHAT.replace("name: chat", "name: broken").replace("{question}", "{questoin}")
+    )
     library = PromptLibrary([tmp_path / "p"])
     with pytest.raises(PromptSpecError) as info:
         get_chain("broken", FakeChatModel(), library=library)

@@ -16,7 +16,9 @@ import runner
 TOPICS = "a lighthouse keeper\n# a comment\n\na dragon who collects teacups\na robot learning to paint\n"
 
 
-def run_cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(ROOT / "runner.py"), *args],
         input=stdin,
@@ -43,7 +45,11 @@ def test_story_over_a_topics_file_end_to_end(tmp_path: Path) -> None:
     assert "run summary" in result.stderr and "items ok / failed" in result.stderr
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert sorted(r["index"] for r in records) == [0, 1, 2]
-    assert {r["input"]["topic"] for r in records} == {"a lighthouse keeper", "a dragon who collects teacups", "a robot learning to paint"}
+    assert {r["input"]["topic"] for r in records} == {
+        "a lighthouse keeper",
+        "a dragon who collects teacups",
+        "a robot learning to paint",
+    }
     for record in records:
         assert set(record) == {"index", "input", "output", "error", "metrics", "key"}
         assert record["error"] is None and len(record["output"]) > 50
@@ -63,7 +69,9 @@ def test_outputs_go_to_stdout_labelled_by_input(tmp_path: Path) -> None:
 
 
 def test_one_topic_from_stdin_streams_live(tmp_path: Path) -> None:
-    result = run_cli("story", "--topics", "-", "--stream", "--fake-delay", "0.001", "--output", "o.jsonl", stdin="a brave snail\n")
+    result = run_cli(
+        "story", "--topics", "-", "--stream", "--fake-delay", "0.001", "--output", "o.jsonl", stdin="a brave snail\n"
+    )
     assert result.returncode == 0, result.stderr
     [record] = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert record["metrics"]["ttft_s"] is not None
@@ -71,10 +79,16 @@ def test_one_topic_from_stdin_streams_live(tmp_path: Path) -> None:
 
 
 def test_run_with_jsonl_csv_and_plain_lines(tmp_path: Path) -> None:
-    (tmp_path / "in.jsonl").write_text('{"text": "hello world", "language": "French"}\n{"text": "good night", "language": "German"}\n')
+    (tmp_path / "in.jsonl").write_text(
+        '{"text": "hello world", "language": "French"}\n{"text": "good night", "language": "German"}\n'
+    )
     (tmp_path / "in.csv").write_text("text,language\nhello,Spanish\n")
     (tmp_path / "in.txt").write_text("first text\nsecond text\n")
-    for args in (("translate", "--input", "in.jsonl"), ("translate", "--input", "in.csv"), ("summarize", "--input", "in.txt")):
+    for args in (
+        ("translate", "--input", "in.jsonl"),
+        ("translate", "--input", "in.csv"),
+        ("summarize", "--input", "in.txt"),
+    ):
         assert runner.main(["run", *args, "-q", "--output", "out.jsonl"]) == 0
         records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
         assert records and all(r["error"] is None for r in records)
@@ -108,7 +122,9 @@ def test_a_prompt_dropped_in_a_directory_becomes_a_chain(tmp_path: Path, capsys:
     (tmp_path / "t.txt").write_text("autumn\n")
     assert runner.main(["list", "--prompts-dir", str(mine)]) == 0
     assert "haiku" in capsys.readouterr().out
-    assert runner.main(["run", "haiku", "--input", "t.txt", "--prompts-dir", str(mine), "-q", "--output", "h.jsonl"]) == 0
+    assert (
+        runner.main(["run", "haiku", "--input", "t.txt", "--prompts-dir", str(mine), "-q", "--output", "h.jsonl"]) == 0
+    )
     assert json.loads((tmp_path / "h.jsonl").read_text())["output"]
 
 
@@ -128,7 +144,14 @@ def _free_port() -> int:
         (["story", "--topics", "t.txt", "--max-concurrency", "0"], {"t.txt": "a\n"}, "must be at least 1"),
         (["run", "translate", "--input", "t.csv"], {"t.csv": "text,lang\nhi,fr\n"}, "add a column named 'language'"),
         (["run", "translate", "--input", "t.txt"], {"t.txt": "hi\n"}, "plain lines only fit a chain with one input"),
-        (["run", "bad", "--input", "t.txt", "--prompts-dir", "p"], {"t.txt": "hi\n", "p/bad.yaml": "name: bad\ndescription: d\ninput_variables: [topic]\nmessages:\n  - role: human\n    content: 'about {topik}'\n"}, "p/bad.yaml: messages[0]: uses {topik} but input_variables has 'topic'"),
+        (
+            ["run", "bad", "--input", "t.txt", "--prompts-dir", "p"],
+            {
+                "t.txt": "hi\n",
+                "p/bad.yaml": "name: bad\ndescription: d\ninput_variables: [topic]\nmessages:\n  - role: human\n    content: 'about {topik}'\n",
+            },
+            "p/bad.yaml: messages[0]: uses {topik} but input_variables has 'topic'",
+        ),
         (["story", "--topics", "t.txt", "--model", "openai:gpt-4o-mini"], {"t.txt": "a\n"}, "needs OPENAI_API_KEY"),
     ],
 )

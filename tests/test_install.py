@@ -23,8 +23,20 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow
 
 _NOT_SOURCES = shutil.ignore_patterns(
-    ".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", "*.pyc",
-    ".pytest_cache", ".mypy_cache", ".ruff_cache", ".benchmarks", "out", "*.sqlite",
+    ".git",
+    ".venv",
+    "venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".benchmarks",
+    "out",
+    "*.sqlite",
 )
 
 APP = '''\
@@ -145,7 +157,8 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # editable chain-runner outside the venv is left alone ("outside environment").
     run(
         [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
-        cwd=workdir, env=outside_env(),
+        cwd=workdir,
+        env=outside_env(),
     )
     return venv
 
@@ -169,7 +182,11 @@ def test_installed_wheel_works_in_another_langchain_app(venv: Path, tmp_path: Pa
 
     # abatch over the composed chain: one result per topic, each through every step.
     results = report["results"]
-    assert [r["topic"] for r in results] == ["a brave snail", "a dragon who collects teacups", "a robot learning to paint"]
+    assert [r["topic"] for r in results] == [
+        "a brave snail",
+        "a dragon who collects teacups",
+        "a robot learning to paint",
+    ]
     for result in results:
         assert result["summary"].startswith("SUMMARIZE") and result["length"] > 0, result
     # astream_events: the app's model streamed its tokens through the chain; the run ended with its output.
@@ -189,5 +206,10 @@ def test_installed_console_script(venv: Path, tmp_path: Path) -> None:
     listing = run([script, "list", "--json"], cwd=tmp_path, env=outside_env())
     chains = {c["name"]: c for c in json.loads(listing)}
     assert {"story", "summarize", "keywords"} <= set(chains)
-    stories = run([script, "story", "--topics", "-", "--model", "fake", "-q"], cwd=tmp_path, env=outside_env(), stdin="a brave snail\n")
+    stories = run(
+        [script, "story", "--topics", "-", "--model", "fake", "-q"],
+        cwd=tmp_path,
+        env=outside_env(),
+        stdin="a brave snail\n",
+    )
     assert "── [0] a brave snail" in stories and len(stories) > 100

@@ -63,7 +63,9 @@ def outputs(nb: Any, marker: str) -> list[dict[str, Any]]:
 
 
 def text_of(cell_outputs: list[dict[str, Any]], stream: str = "stdout") -> str:
-    return "".join(o.get("text", "") for o in cell_outputs if o.get("output_type") == "stream" and o.get("name") == stream)
+    return "".join(
+        o.get("text", "") for o in cell_outputs if o.get("output_type") == "stream" and o.get("name") == stream
+    )
 
 
 def check_executed(nb: Any) -> None:

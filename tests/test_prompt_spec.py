@@ -104,9 +104,7 @@ def test_packaged_prompt_loads_and_compiles(name: str) -> None:
     assert spec.description
     assert spec.source == f"prompts/{name}.yaml"
     assert len(spec.digest) == 64
-    messages = spec.to_prompt().format_messages(
-        **{var: f"<{var}>" for var in spec.required_variables}
-    )
+    messages = spec.to_prompt().format_messages(**{var: f"<{var}>" for var in spec.required_variables})
     assert isinstance(messages[-1], HumanMessage)
     text = "\n".join(str(m.content) for m in messages)
     for var in spec.required_variables:
@@ -324,9 +322,7 @@ def test_wrong_type_names_field_path(tmp_path: Path) -> None:
 
 def test_unquoted_brace_content_hint(tmp_path: Path) -> None:
     message = load_error(tmp_path, replace('"Tell a story about {topic}."', "{topic}"))
-    assert message.startswith(
-        "prompts/story.yaml: messages[1].content: expected a string, got a mapping; quote"
-    )
+    assert message.startswith("prompts/story.yaml: messages[1].content: expected a string, got a mapping; quote")
 
 
 def test_missing_required_key(tmp_path: Path) -> None:
@@ -339,8 +335,7 @@ def test_missing_required_key(tmp_path: Path) -> None:
 def test_bad_role(tmp_path: Path) -> None:
     message = load_error(tmp_path, replace("role: system", "role: user"))
     assert message == (
-        "prompts/story.yaml: messages[0].role: 'user' is not a role; "
-        "use one of: system, human, ai, placeholder"
+        "prompts/story.yaml: messages[0].role: 'user' is not a role; use one of: system, human, ai, placeholder"
     )
 
 
@@ -351,47 +346,37 @@ def test_unknown_message_key(tmp_path: Path) -> None:
 
 def test_undeclared_variable_exact_wording(tmp_path: Path) -> None:
     message = load_error(tmp_path, replace("{topic}", "{topik}"))
-    assert (
-        message == "prompts/story.yaml: messages[1]: uses {topik} but input_variables has 'topic'"
-    )
+    assert message == "prompts/story.yaml: messages[1]: uses {topik} but input_variables has 'topic'"
 
 
 def test_undeclared_variable_lists_all_declared(tmp_path: Path) -> None:
     text = replace("[topic]", "[topic, style]", replace("{topic}.", "{topic} in {styl}."))
     message = load_error(tmp_path, text)
-    assert message == (
-        "prompts/story.yaml: messages[1]: uses {styl} but input_variables has 'topic', 'style'"
-    )
+    assert message == ("prompts/story.yaml: messages[1]: uses {styl} but input_variables has 'topic', 'style'")
 
 
 def test_undeclared_placeholder_variable(tmp_path: Path) -> None:
     text = STORY + "  - role: placeholder\n    variable: history\n"
     message = load_error(tmp_path, text)
-    assert message == (
-        "prompts/story.yaml: messages[2]: uses {history} but input_variables has 'topic'"
-    )
+    assert message == ("prompts/story.yaml: messages[2]: uses {history} but input_variables has 'topic'")
 
 
 def test_unused_declared_variable(tmp_path: Path) -> None:
     message = load_error(tmp_path, replace("[topic]", "[topic, x]"))
     assert message == (
-        "prompts/story.yaml: input_variables: declares 'x' but no message uses {x}; "
-        "remove it or use it in a message"
+        "prompts/story.yaml: input_variables: declares 'x' but no message uses {x}; remove it or use it in a message"
     )
 
 
 def test_duplicate_variable(tmp_path: Path) -> None:
     message = load_error(tmp_path, replace("[topic]", "[topic, topic]"))
-    assert message == (
-        "prompts/story.yaml: input_variables: 'topic' is listed twice; list each variable once"
-    )
+    assert message == ("prompts/story.yaml: input_variables: 'topic' is listed twice; list each variable once")
 
 
 def test_default_for_undeclared_variable(tmp_path: Path) -> None:
     message = load_error(tmp_path, STORY + "defaults:\n  language: French\n")
     assert message == (
-        "prompts/story.yaml: defaults: 'language' is not in input_variables ('topic'); "
-        "declare it or remove the default"
+        "prompts/story.yaml: defaults: 'language' is not in input_variables ('topic'); declare it or remove the default"
     )
 
 
@@ -425,9 +410,7 @@ def test_name_must_be_valid(tmp_path: Path) -> None:
         ("{ {topic}", "unbalanced brace"),
     ],
 )
-def test_template_fields_must_be_plain_names(
-    tmp_path: Path, placeholder: str, expected: str
-) -> None:
+def test_template_fields_must_be_plain_names(tmp_path: Path, placeholder: str, expected: str) -> None:
     message = load_error(tmp_path, replace("{topic}", placeholder))
     assert message.startswith(f"prompts/story.yaml: messages[1].content: {expected}")
 
@@ -442,17 +425,12 @@ def test_attribute_access_message(tmp_path: Path) -> None:
 
 def test_json_output_requires_schema(tmp_path: Path) -> None:
     message = load_error(tmp_path, STORY + "output:\n  kind: json\n")
-    assert message == (
-        "prompts/story.yaml: output: kind: json needs a schema; "
-        "add output.schema with a JSON Schema"
-    )
+    assert message == ("prompts/story.yaml: output: kind: json needs a schema; add output.schema with a JSON Schema")
 
 
 def test_invalid_json_schema(tmp_path: Path) -> None:
     message = load_error(tmp_path, STORY + "output:\n  kind: json\n  schema: {type: objekt}\n")
-    assert message.startswith(
-        "prompts/story.yaml: output.schema.type: not a valid JSON Schema (Draft 2020-12): "
-    )
+    assert message.startswith("prompts/story.yaml: output.schema.type: not a valid JSON Schema (Draft 2020-12): ")
     assert "'objekt'" in message
 
 
@@ -468,9 +446,7 @@ def test_bad_output_kind(tmp_path: Path) -> None:
 
 def test_no_human_message(tmp_path: Path) -> None:
     message = load_error(tmp_path, replace("role: human", "role: ai"))
-    assert message == (
-        "prompts/story.yaml: messages: has no human message; add one with role: human and a content"
-    )
+    assert message == ("prompts/story.yaml: messages: has no human message; add one with role: human and a content")
 
 
 def test_empty_messages(tmp_path: Path) -> None:
@@ -565,9 +541,7 @@ def test_response_format() -> None:
 
 
 async def test_json_output_parser_async() -> None:
-    result = (
-        await json_spec().output_parser().ainvoke('{"keywords": ["a"], "sentiment": "negative"}')
-    )
+    result = await json_spec().output_parser().ainvoke('{"keywords": ["a"], "sentiment": "negative"}')
     assert result["sentiment"] == "negative"
 
 
@@ -580,9 +554,7 @@ def test_resolve_spec_path_ok(tmp_path: Path) -> None:
     assert resolve_spec_path(tmp_path, "missing", "prompts") == tmp_path / "missing.yaml"
 
 
-@pytest.mark.parametrize(
-    "name", ["../x", "/etc/passwd", "story.yaml", "a.b", "..", "", "Story", "sub/story", "1x"]
-)
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "story.yaml", "a.b", "..", "", "Story", "sub/story", "1x"])
 def test_resolve_spec_path_rejects_bad_names(tmp_path: Path, name: str) -> None:
     with pytest.raises(PromptSpecError, match=r"\[a-z\]\[a-z0-9_\]\*"):
         resolve_spec_path(tmp_path, name, "prompts")

@@ -70,7 +70,9 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    return sorted((json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()), key=lambda r: r["index"])
+    return sorted(
+        (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()), key=lambda r: r["index"]
+    )
 
 
 def settings(base_url: str, **values: Any) -> RunSettings:
@@ -116,8 +118,20 @@ def assert_estimated(metrics: dict[str, Any], calls: int) -> None:
 def test_story_cli_streams_every_topic_concurrently(wire: RecordingProxy, tmp_path: Path) -> None:
     (tmp_path / "topics.txt").write_text("\n".join([TOPICS[0], "# skipped", "", *TOPICS[1:]]) + "\n")
     result = run_cli(
-        "story", "--topics", "topics.txt", "--base-url", wire.base_url, "--model", MODEL,
-        "--max-concurrency", "2", "--stream", "--output", "out.jsonl", "--metrics-out", "summary.json",
+        "story",
+        "--topics",
+        "topics.txt",
+        "--base-url",
+        wire.base_url,
+        "--model",
+        MODEL,
+        "--max-concurrency",
+        "2",
+        "--stream",
+        "--output",
+        "out.jsonl",
+        "--metrics-out",
+        "summary.json",
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -143,8 +157,16 @@ def test_story_cli_streams_every_topic_concurrently(wire: RecordingProxy, tmp_pa
 def test_story_cli_live_tokens_are_the_story(wire: RecordingProxy, tmp_path: Path) -> None:
     (tmp_path / "topics.txt").write_text(TOPICS[1] + "\n")
     result = run_cli(
-        "story", "--topics", "topics.txt", "--base-url", wire.base_url, "--model", MODEL,
-        "--stream", "--output", "out.jsonl",
+        "story",
+        "--topics",
+        "topics.txt",
+        "--base-url",
+        wire.base_url,
+        "--model",
+        MODEL,
+        "--stream",
+        "--output",
+        "out.jsonl",
     )
     assert result.returncode == 0, result.stderr
     [record] = read_records(tmp_path / "out.jsonl")
@@ -157,8 +179,20 @@ def test_story_cli_live_tokens_are_the_story(wire: RecordingProxy, tmp_path: Pat
 def test_story_cli_usage_equals_the_servers_numbers(wire: RecordingProxy, tmp_path: Path) -> None:
     (tmp_path / "topics.txt").write_text("\n".join(TOPICS) + "\n")
     result = run_cli(
-        "story", "--topics", "topics.txt", "--base-url", wire.base_url, "--model", MODEL,
-        "--max-concurrency", "2", "--no-stream", "--output", "out.jsonl", "--metrics-out", "summary.json",
+        "story",
+        "--topics",
+        "topics.txt",
+        "--base-url",
+        wire.base_url,
+        "--model",
+        MODEL,
+        "--max-concurrency",
+        "2",
+        "--no-stream",
+        "--output",
+        "out.jsonl",
+        "--metrics-out",
+        "summary.json",
     )
     assert result.returncode == 0, result.stderr
     records = read_records(tmp_path / "out.jsonl")
@@ -180,8 +214,19 @@ def test_story_cli_usage_equals_the_servers_numbers(wire: RecordingProxy, tmp_pa
 def test_summarize_cli_usage_equals_the_servers_numbers(wire: RecordingProxy, tmp_path: Path) -> None:
     (tmp_path / "texts.jsonl").write_text("".join(json.dumps({"text": t, "sentences": 2}) + "\n" for t in TEXTS))
     result = run_cli(
-        "run", "summarize", "--input", "texts.jsonl", "--base-url", wire.base_url, "--model", MODEL,
-        "--max-concurrency", "2", "--no-stream", "--output", "out.jsonl",
+        "run",
+        "summarize",
+        "--input",
+        "texts.jsonl",
+        "--base-url",
+        wire.base_url,
+        "--model",
+        MODEL,
+        "--max-concurrency",
+        "2",
+        "--no-stream",
+        "--output",
+        "out.jsonl",
     )
     assert result.returncode == 0, result.stderr
     records = read_records(tmp_path / "out.jsonl")
@@ -199,8 +244,21 @@ def test_prompt_only_chain_from_a_prompts_dir_streams(wire: RecordingProxy, tmp_
     (tmp_path / "mine" / "tale.yaml").write_text(TALE)
     (tmp_path / "openings.txt").write_text("\n".join(OPENINGS) + "\n")
     result = run_cli(
-        "run", "tale", "--prompts-dir", "mine", "--input", "openings.txt", "--base-url", wire.base_url,
-        "--model", MODEL, "--max-concurrency", "2", "--stream", "--output", "out.jsonl",
+        "run",
+        "tale",
+        "--prompts-dir",
+        "mine",
+        "--input",
+        "openings.txt",
+        "--base-url",
+        wire.base_url,
+        "--model",
+        MODEL,
+        "--max-concurrency",
+        "2",
+        "--stream",
+        "--output",
+        "out.jsonl",
     )
     assert result.returncode == 0, result.stderr
     records = read_records(tmp_path / "out.jsonl")
@@ -218,8 +276,20 @@ def test_prompt_only_chain_from_a_prompts_dir_streams(wire: RecordingProxy, tmp_
 def test_max_tokens_is_respected(wire: RecordingProxy, tmp_path: Path) -> None:
     (tmp_path / "topics.txt").write_text("\n".join(TOPICS[:2]) + "\n")
     result = run_cli(
-        "story", "--topics", "topics.txt", "--base-url", wire.base_url, "--model", MODEL,
-        "--max-concurrency", "2", "--no-stream", "--max-tokens", "5", "--output", "out.jsonl",
+        "story",
+        "--topics",
+        "topics.txt",
+        "--base-url",
+        wire.base_url,
+        "--model",
+        MODEL,
+        "--max-concurrency",
+        "2",
+        "--no-stream",
+        "--max-tokens",
+        "5",
+        "--output",
+        "out.jsonl",
     )
     assert result.returncode == 0, result.stderr
     exchanges = wire.chat()

@@ -265,7 +265,9 @@ async def test_client_errors_are_never_retried_and_say_what_to_fix(fault_server:
         assert record.error["type"] == "ProviderError", describe(record)
         assert record.error["status"] == status
         assert record.error["attempts"] == 1
-        assert fix in record.error["message"], f"{kind}: the message does not say what to fix: {record.error['message']!r}"
+        assert fix in record.error["message"], (
+            f"{kind}: the message does not say what to fix: {record.error['message']!r}"
+        )
         assert record.metrics.retries == 0
         assert record.metrics.status == "failed"
     for text in ("fine-1", "fine-2"):

@@ -144,7 +144,9 @@ async def test_a_missing_or_unknown_field_is_a_422_naming_it() -> None:
         assert "inputs[1].text: missing required field" in r.json()["error"]["message"]
         r = await client.post("/chains/summarize/invoke", json={"input": {"text": "a"}, "extra": 1})
         assert r.status_code == 422 and "extra: unknown field" in r.json()["error"]["message"]
-        r = await client.post("/chains/summarize/invoke", content=b"{not json", headers={"content-type": "application/json"})
+        r = await client.post(
+            "/chains/summarize/invoke", content=b"{not json", headers={"content-type": "application/json"}
+        )
         assert r.status_code == 422 and "Traceback" not in r.text
 
 
@@ -160,7 +162,9 @@ async def test_body_size_and_batch_length_are_limited_with_413() -> None:
                 yield b"y" * 500
             yield b'"}}'
 
-        r = await client.post("/chains/summarize/invoke", content=chunked(), headers={"content-type": "application/json"})
+        r = await client.post(
+            "/chains/summarize/invoke", content=chunked(), headers={"content-type": "application/json"}
+        )
         assert r.status_code == 413
 
         r = await client.post("/chains/summarize/batch", json={"inputs": [{"text": "a"}] * 4})
@@ -173,14 +177,21 @@ async def test_body_size_and_batch_length_are_limited_with_413() -> None:
 async def test_auth_needs_the_bearer_key_except_on_healthz(monkeypatch: pytest.MonkeyPatch) -> None:
     async with client_for(api_key="s3cret-token") as client:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
-            for method, path in (("GET", "/chains"), ("GET", "/metrics"), ("GET", "/docs"), ("POST", "/chains/story/invoke")):
+            for method, path in (
+                ("GET", "/chains"),
+                ("GET", "/metrics"),
+                ("GET", "/docs"),
+                ("POST", "/chains/story/invoke"),
+            ):
                 r = await client.request(method, path, headers=headers, json={"input": {"topic": "x"}})
                 assert r.status_code == 401, (path, headers)
                 assert r.headers["www-authenticate"] == "Bearer"
         assert (await client.get("/healthz")).status_code == 200
         ok = {"Authorization": "Bearer s3cret-token"}
         assert (await client.get("/chains", headers=ok)).status_code == 200
-        assert (await client.post("/chains/story/invoke", headers=ok, json={"input": {"topic": "x"}})).status_code == 200
+        assert (
+            await client.post("/chains/story/invoke", headers=ok, json={"input": {"topic": "x"}})
+        ).status_code == 200
 
     monkeypatch.setenv("RUNNER_API_KEY", "from-the-env")
     async with client_for() as client:
@@ -269,13 +280,19 @@ async def test_log_lines_are_written_after_the_response_without_secrets(
         assert r.status_code == 200
         r = await client.post("/chains/summarize/invoke", headers=auth, json={"input": {"text": "LEAK"}})
         assert r.status_code == 502 and provider_key not in r.text
-        r = await client.post("/chains/translate/batch", headers=auth,
-                              json={"inputs": [{"text": "a", "language": "fr"}, {"text": "LEAK", "language": "de"}]})
+        r = await client.post(
+            "/chains/translate/batch",
+            headers=auth,
+            json={"inputs": [{"text": "a", "language": "fr"}, {"text": "LEAK", "language": "de"}]},
+        )
         assert r.status_code == 200 and provider_key not in r.text
     text = log.read_text()
     entries = [json.loads(line) for line in text.splitlines()]
     assert [(e["chain"], e["status"]) for e in entries] == [
-        ("summarize", "ok"), ("summarize", "failed"), ("translate", "ok"), ("translate", "failed")
+        ("summarize", "ok"),
+        ("summarize", "failed"),
+        ("translate", "ok"),
+        ("translate", "failed"),
     ]
     first = entries[0]
     assert {"time", "chain", "input", "output", "usage", "latency_s", "status"} <= set(first)
@@ -301,9 +318,23 @@ def serving(tmp_path: Path, server: FaultServer, *args: str) -> Iterator[tuple[s
     port = _free_port()
     errors = (tmp_path / "serve.err").open("wb")
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "runner.py"), "serve", "--port", str(port), "--base-url", server.base_url,
-         "--model", "openai:test", "--grace", "2", *args],
-        stdout=subprocess.DEVNULL, stderr=errors, env=runner_env(),
+        [
+            sys.executable,
+            str(ROOT / "runner.py"),
+            "serve",
+            "--port",
+            str(port),
+            "--base-url",
+            server.base_url,
+            "--model",
+            "openai:test",
+            "--grace",
+            "2",
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=errors,
+        env=runner_env(),
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -391,9 +422,9 @@ async def test_max_concurrency_holds_across_simultaneous_http_requests(
     fault_server.configure(latency_ms=150)
     with serving(tmp_path, fault_server, "--max-concurrency", "3") as (url, process):
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            replies = await asyncio.gather(*(
-                client.post("/chains/summarize/invoke", json={"input": {"text": f"text {i}"}}) for i in range(12)
-            ))
+            replies = await asyncio.gather(
+                *(client.post("/chains/summarize/invoke", json={"input": {"text": f"text {i}"}}) for i in range(12))
+            )
             assert [r.status_code for r in replies] == [200] * 12
             assert all(f"text {i}" in r.json()["output"] for i, r in enumerate(replies))
             stats = fault_server.stats()
