@@ -8,6 +8,7 @@ install:
 
 lint:
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check chains runner.py tests
 	$(PYTHON) -m mypy
 
 # Everyday: everything but the tests that need the real model server, the notebook or a wheel build.
