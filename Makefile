@@ -22,8 +22,8 @@ test-all:
 story:
 	$(PYTHON) runner.py story --topics examples/topics.txt
 
-# Benchmarks (benchmarks/README.md): the full suite (about an hour), and the smoke version that
-# only checks every scenario and contender still runs (about a minute; never judges speed).
+# Benchmarks (benchmarks/README.md): the full suite (about 17 minutes on 2 cores), and the smoke version that
+# only checks that every scenario and contender still runs (under a minute; never judges speed).
 bench:
 	$(PYTHON) benchmarks/run.py
 

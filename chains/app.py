@@ -129,9 +129,7 @@ async def run_command(options: RunOptions, settings: RunSettings) -> int:
 async def _run(
     options: RunOptions, settings: RunSettings, library: Any, info: Any, inputs: Any, total: int | None
 ) -> int:
-    from rich.console import Console
-
-    from chains.console import ProgressDisplay, live_token_handler, print_summary
+    from chains.callbacks import live_token_handler
     from chains.execution import run_batch
     from chains.models import ModelSession
     from chains.registry import get_chain
@@ -142,7 +140,13 @@ async def _run(
     stream = options.stream if options.stream is not None else (single and not options.quiet)
     settings = settings.model_copy(update={"stream": stream})
 
-    stderr = Console(stderr=True)
+    stderr = None
+    if not options.quiet:  # rich only when something is shown
+        from rich.console import Console
+
+        from chains.console import ProgressDisplay, print_summary
+
+        stderr = Console(stderr=True)
     session = ModelSession(settings)
     if not options.quiet:
         session.announce()
@@ -159,7 +163,7 @@ async def _run(
         batch = run_batch(
             chain, inputs, settings=settings, limits=session.limits, callbacks=callbacks, key=key, skip=skip
         )
-        progress = None if (single or options.quiet) else ProgressDisplay(total, info.name, stderr)
+        progress = None if (single or stderr is None) else ProgressDisplay(total, info.name, stderr)
         stop = _install_signal_handlers()
         try:
             if progress is not None:
@@ -169,7 +173,7 @@ async def _run(
                     sink.write(record)
                 if live:
                     sys.stdout.write("\n" if record.ok else "")
-                    if record.error is not None:
+                    if record.error is not None and stderr is not None:
                         stderr.print(f"[red]failed[/red]: {record.error['message']}", highlight=False)
                 if progress is not None:
                     progress.update(record, batch)
@@ -186,10 +190,10 @@ async def _run(
     summary = batch.summary.finish().to_dict()
     if options.metrics_out:
         write_json(options.metrics_out, summary)
-    if not options.quiet:
+    if stderr is not None:
         print_summary(summary, stderr)
     if interrupted:
-        stderr.print("interrupted: stopped admitting inputs; every finished record was written")
+        print("interrupted: stopped admitting inputs; every finished record was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_FAILED if summary["failed"] or summary["not_run"] else EXIT_OK
 

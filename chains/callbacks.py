@@ -8,9 +8,10 @@ shown as output tokens and do not count for time to first token.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TextIO
 from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackHandler
@@ -110,3 +111,21 @@ class TokenStreamHandler(AsyncCallbackHandler):
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self.buffers.pop(run_id, None)
+
+
+def live_token_handler(out: TextIO | None = None, err: TextIO | None = None) -> TokenStreamHandler:
+    """Print tokens as they arrive; say so when a failed attempt's tokens are discarded."""
+    stdout = out or sys.stdout
+    stderr = err or sys.stderr
+
+    def on_token(run_id: UUID, token: str) -> None:
+        stdout.write(token)
+        stdout.flush()
+
+    def on_discard(run_id: UUID, text: str) -> None:
+        stdout.write("\n")
+        stdout.flush()
+        stderr.write(f"[attempt failed after {len(text)} characters: the text above is discarded; retrying]\n")
+        stderr.flush()
+
+    return TokenStreamHandler(on_token, on_discard)

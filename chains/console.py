@@ -6,35 +6,14 @@ stdout carries only outputs and can be piped.
 
 from __future__ import annotations
 
-import sys
 import time
-from typing import Any, TextIO
-from uuid import UUID
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from chains.callbacks import TokenStreamHandler
 from chains.execution import BatchRun, Record
-
-
-def live_token_handler(out: TextIO | None = None, err: TextIO | None = None) -> TokenStreamHandler:
-    """Print tokens as they arrive; say so when a failed attempt's tokens are discarded."""
-    stdout = out or sys.stdout
-    stderr = err or sys.stderr
-
-    def on_token(run_id: UUID, token: str) -> None:
-        stdout.write(token)
-        stdout.flush()
-
-    def on_discard(run_id: UUID, text: str) -> None:
-        stdout.write("\n")
-        stdout.flush()
-        stderr.write(f"[attempt failed after {len(text)} characters: the text above is discarded; retrying]\n")
-        stderr.flush()
-
-    return TokenStreamHandler(on_token, on_discard)
 
 
 class ProgressDisplay:

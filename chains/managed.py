@@ -23,7 +23,6 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from chains.limits import Limits, active_limits
 from chains.metrics import current_item
@@ -142,6 +141,8 @@ class ManagedChatModel(BaseChatModel):
         limits: Limits | None,
     ) -> ChatResult:
         """Attempts 2..max_retries+1 with tenacity; the first attempt's failure is replayed as attempt 1."""
+        from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
         item = current_item()
 
         async def before_sleep(state: RetryCallState) -> None:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import random
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
-
-from tenacity import RetryCallState, wait_random_exponential
+from typing import TYPE_CHECKING, Any
 
 from chains.errors import ProviderError
+
+if TYPE_CHECKING:  # tenacity is imported only when a request is actually retried
+    from tenacity import RetryCallState
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 # Transport failures by class name, for HTTP stacks we do not import (httpx, httpx2, aiohttp).
@@ -181,7 +183,8 @@ class BackoffWait:
         cap: float = DEFAULT_BACKOFF_CAP,
         retry_after_cap: float = DEFAULT_RETRY_AFTER_CAP,
     ) -> None:
-        self._jitter = wait_random_exponential(multiplier=base, max=cap)
+        self.base = base
+        self.cap = cap
         self.retry_after_cap = retry_after_cap
 
     def __call__(self, state: RetryCallState) -> float:
@@ -190,4 +193,5 @@ class BackoffWait:
             retry_after = classify(exc).retry_after
             if retry_after is not None:
                 return min(retry_after, self.retry_after_cap)
-        return float(self._jitter(state))
+        # full jitter: uniform between 0 and the capped exponential step
+        return random.uniform(0.0, min(self.cap, self.base * 2 ** (state.attempt_number - 1)))
