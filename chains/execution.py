@@ -27,7 +27,7 @@ from langchain_core.runnables import Runnable
 
 from chains.callbacks import MetricsHandler, TokenStreamHandler
 from chains.errors import BudgetExceededError, ProviderError
-from chains.limits import Limits, use_limits
+from chains.limits import Limits, install_limits
 from chains.metrics import ItemMetrics, RunSummary, set_current_item
 from chains.settings import RunSettings
 
@@ -139,52 +139,72 @@ class BatchRun:
         return record
 
     async def __aiter__(self) -> AsyncIterator[Record]:
+        """A pool of ``max_concurrency`` workers, each pulling its next input as soon as it is free.
+
+        Records reach the caller through a bounded queue, so at most about two windows of inputs
+        are read ahead of the caller, and a worker never waits for a slow sibling to refill.
+        """
         window = self.settings.max_concurrency
-        pending: set[asyncio.Task[Record]] = set()
-        with use_limits(self.limits):
-            source = _aiter(self.inputs)
-            index = self.start_index
-            exhausted = False
+        queue: asyncio.Queue[Record | BaseException | None] = asyncio.Queue(maxsize=window)
+        source = _aiter(self.inputs)
+        lock = asyncio.Lock()
+        position = [self.start_index]
+
+        async def next_input() -> tuple[int, Any] | None:
+            async with lock:  # an async generator cannot be advanced by two tasks at once
+                try:
+                    value = await source.__anext__()
+                except StopAsyncIteration:
+                    return None
+                position[0] += 1
+                return position[0] - 1, value
+
+        async def worker() -> None:
+            install_limits(self.limits)  # this task's own context: nothing to reset afterwards
+            while (item := await next_input()) is not None:
+                index, value = item
+                record = await self._process(index, value)
+                if record is not None:
+                    await queue.put(record)
+
+        async def supervise() -> None:
             try:
-                while True:
-                    while not exhausted and len(pending) < window:
-                        try:
-                            value = await source.__anext__()
-                        except StopAsyncIteration:
-                            exhausted = True
-                            break
-                        key = self.key(value) if self.key is not None and not isinstance(value, BaseException) else None
-                        if key is not None and key in self.skip:
-                            self.summary.skipped += 1  # already has a success record: no request
-                        elif isinstance(value, BaseException):
-                            yield self._keyed(await self.run_one(index, value), key)
-                        elif self.limits.budget is not None and self.limits.budget.exhausted:
-                            yield self._keyed(await self.run_one(index, self._not_run(value)), key)
-                        else:
-                            pending.add(asyncio.create_task(self._run_keyed(index, value, key)))
-                        index += 1
-                    self.in_flight = len(pending)
-                    if not pending:
-                        break
-                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    self.in_flight = len(pending)
-                    for task in done:
-                        yield self._record_done(task.result())
+                await asyncio.gather(*workers)
+            except BaseException as exc:  # a reader failing mid-file: hand it to the caller
+                await queue.put(exc)
+            else:
+                await queue.put(None)
 
+        workers = [asyncio.create_task(worker()) for _ in range(window)]
+        supervisor = asyncio.create_task(supervise())
+        try:
+            while (got := await queue.get()) is not None:
+                if isinstance(got, BaseException):
+                    raise got
+                yield self._record_done(got)
+        finally:
+            for task in (*workers, supervisor):
+                task.cancel()
+            await asyncio.gather(*workers, supervisor, return_exceptions=True)
+            self.in_flight = 0
+            self.summary.finish()
+
+    async def _process(self, index: int, value: Any) -> Record | None:
+        """One input to its record (None when ``--resume`` skips it)."""
+        key = self.key(value) if self.key is not None and not isinstance(value, BaseException) else None
+        if key is not None and key in self.skip:
+            self.summary.skipped += 1  # already has a success record: no request
+            return None
+        if isinstance(value, BaseException):
+            record = await self.run_one(index, value)
+        elif self.limits.budget is not None and self.limits.budget.exhausted:
+            record = await self.run_one(index, self._not_run(value))
+        else:
+            self.in_flight += 1
+            try:
+                record = await self.run_one(index, value)
             finally:
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    await asyncio.gather(*pending, return_exceptions=True)
-                self.in_flight = 0
-                self.summary.finish()
-
-    def _keyed(self, record: Record, key: str | None) -> Record:
-        record.key = key
-        return self._record_done(record)
-
-    async def _run_keyed(self, index: int, value: Any, key: str | None) -> Record:
-        record = await self.run_one(index, value)
+                self.in_flight -= 1
         record.key = key
         return record
 
@@ -262,8 +282,8 @@ async def stream_one(
 
     async def work() -> None:
         try:
-            with use_limits(run.limits):
-                record = run._record_done(await run.run_one(index, value, [handler]))
+            install_limits(run.limits)  # this task's own context
+            record = run._record_done(await run.run_one(index, value, [handler]))
             run.summary.finish()
             queue.put_nowait(StreamEvent("end", record=record))
         except BaseException as exc:

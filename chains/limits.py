@@ -193,6 +193,11 @@ def active_limits() -> Limits | None:
     return _active.get()
 
 
+def install_limits(limits: Limits) -> None:
+    """Install ``limits`` for the rest of the current task (its context dies with it)."""
+    _active.set(limits)
+
+
 @contextmanager
 def use_limits(limits: Limits) -> Iterator[Limits]:
     """Install ``limits`` for the code (and the tasks it creates) in this block."""
