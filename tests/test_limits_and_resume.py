@@ -229,3 +229,42 @@ def test_sigterm_stops_writes_finished_records_and_exits_130(tmp_path: Path) -> 
     records = _records(out)
     assert 2 <= len(records) < 40
     assert all(r["error"] is None for r in records)  # cancelled inputs leave no record, finished ones all do
+
+
+def test_cli_shows_discarded_tokens_and_logs_each_retry_with_its_reason(
+    tmp_path: Path, fault_server: FaultServer
+) -> None:
+    _, prompts = echo_library(tmp_path)
+    (tmp_path / "in.txt").write_text("tell me a tale\n")
+    fault_server.add_fault("truncate", match="tell me a tale", times=1, after_chunks=2)
+    fault_server.add_fault("503", match="tell me a tale", times=1)
+    result = subprocess.run(
+        _cli(
+            "run",
+            "echo",
+            "--input",
+            "in.txt",
+            "--prompts-dir",
+            str(prompts),
+            "--stream",
+            "-v",
+            "--base-url",
+            fault_server.base_url,
+            "--model",
+            "openai:test-model",
+            "--output",
+            "o.jsonl",
+        ),
+        env=runner_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "the text above is discarded; retrying" in result.stderr
+    assert "retry 1/5" in result.stderr and "broken stream" in result.stderr  # -v: each decision and its reason
+    assert "retry 2/5" in result.stderr and "HTTP 503" in result.stderr
+    [record] = _records(tmp_path / "o.jsonl")
+    assert record["output"] == "echo: tell me a tale t1 t2 t3 t4 t5 t6 t7" and record["metrics"]["retries"] == 2
+    assert record["output"] in result.stdout  # the final answer was streamed live after the discarded one
