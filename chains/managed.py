@@ -88,6 +88,12 @@ class ManagedChatModel(BaseChatModel):
         params["_type"] = self._llm_type
         return params
 
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        """Tools in the inner model's own format (so ``with_structured_output`` works too),
+        bound on this model so that the limits and retries still apply."""
+        bound = self.inner.bind_tools(tools, **kwargs)
+        return self.bind(**getattr(bound, "kwargs", {}))
+
     def _generate(
         self,
         messages: list[BaseMessage],

@@ -449,3 +449,22 @@ async def test_concurrency_backs_off_on_429s_and_recovers(fault_server: FaultSer
     assert stats["requests"] == len(texts) + 6
     assert summary["ok"] == len(texts) and summary["retries"] == 6
     assert stats["peak_in_flight"] <= 8
+
+
+async def test_tools_are_bound_in_the_providers_format_and_still_managed(fault_server: FaultServer) -> None:
+    from pydantic import BaseModel
+
+    class Weather(BaseModel):
+        """Weather in a city."""
+
+        city: str
+
+    settings = RunSettings(model="openai:test-model", base_url=fault_server.base_url, api_key="t")
+    async with ModelSession(settings) as session:
+        bound = session.model.bind_tools([Weather])
+        assert bound.bound is session.model  # type: ignore[attr-defined]
+        [tool] = bound.kwargs["tools"]  # type: ignore[attr-defined]
+        assert tool["type"] == "function" and tool["function"]["name"] == "Weather"
+        reply = await bound.ainvoke("what is the weather in Paris")
+        assert reply.text.startswith("echo: what is the weather in Paris")
+    assert fault_server.stats()["requests"] == 1
