@@ -7,8 +7,8 @@ inside an already-running event loop (a notebook cell: ``async for ...``).
 
 Why not ``Runnable.abatch_as_completed``: it creates one task per input up
 front, so 100,000 inputs mean 100,000 coroutines and their configs in memory.
-Here inputs are pulled lazily into a window of ``max_concurrency`` tasks, each
-of which calls the chain's own ``ainvoke`` with a per-input ``RunnableConfig``
+Here a pool of ``max_concurrency`` workers pulls inputs lazily; each worker
+calls the chain's own ``ainvoke`` with a per-input ``RunnableConfig``
 (its ``max_concurrency`` still bounds the chain's internal fan-out), and the
 run's ``Limits`` bound the model requests in flight across all of them.
 """
