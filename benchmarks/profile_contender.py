@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     def label(key: tuple[str, int, str]) -> str:
         filename, line, name = key
         short = filename
-        for marker in ("site-packages/", "/work/main/", "python3.11/"):
+        for marker in ("site-packages/", str(HERE.parent) + "/", "python3.11/"):
             if marker in filename:
                 short = filename.split(marker, 1)[1]
         return f"{short}:{line}({name})"
