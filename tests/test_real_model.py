@@ -69,6 +69,11 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
     )
 
 
+def run_on_server(wire: RecordingProxy, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI against the llama server (through the recording proxy), records in out.jsonl."""
+    return run_cli(*args, "--base-url", wire.base_url, "--model", MODEL, "--output", "out.jsonl")
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     return sorted(
         (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()), key=lambda r: r["index"]
@@ -117,21 +122,8 @@ def assert_estimated(metrics: dict[str, Any], calls: int) -> None:
 
 def test_story_cli_streams_every_topic_concurrently(wire: RecordingProxy, tmp_path: Path) -> None:
     (tmp_path / "topics.txt").write_text("\n".join([TOPICS[0], "# skipped", "", *TOPICS[1:]]) + "\n")
-    result = run_cli(
-        "story",
-        "--topics",
-        "topics.txt",
-        "--base-url",
-        wire.base_url,
-        "--model",
-        MODEL,
-        "--max-concurrency",
-        "2",
-        "--stream",
-        "--output",
-        "out.jsonl",
-        "--metrics-out",
-        "summary.json",
+    result = run_on_server(
+        wire, "story", "--topics", "topics.txt", "--max-concurrency", "2", "--stream", "--metrics-out", "summary.json"
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -156,18 +148,7 @@ def test_story_cli_streams_every_topic_concurrently(wire: RecordingProxy, tmp_pa
 
 def test_story_cli_live_tokens_are_the_story(wire: RecordingProxy, tmp_path: Path) -> None:
     (tmp_path / "topics.txt").write_text(TOPICS[1] + "\n")
-    result = run_cli(
-        "story",
-        "--topics",
-        "topics.txt",
-        "--base-url",
-        wire.base_url,
-        "--model",
-        MODEL,
-        "--stream",
-        "--output",
-        "out.jsonl",
-    )
+    result = run_on_server(wire, "story", "--topics", "topics.txt", "--stream")
     assert result.returncode == 0, result.stderr
     [record] = read_records(tmp_path / "out.jsonl")
     outline, story = story_steps(wire, TOPICS[1])
@@ -178,19 +159,14 @@ def test_story_cli_live_tokens_are_the_story(wire: RecordingProxy, tmp_path: Pat
 
 def test_story_cli_usage_equals_the_servers_numbers(wire: RecordingProxy, tmp_path: Path) -> None:
     (tmp_path / "topics.txt").write_text("\n".join(TOPICS) + "\n")
-    result = run_cli(
+    result = run_on_server(
+        wire,
         "story",
         "--topics",
         "topics.txt",
-        "--base-url",
-        wire.base_url,
-        "--model",
-        MODEL,
         "--max-concurrency",
         "2",
         "--no-stream",
-        "--output",
-        "out.jsonl",
         "--metrics-out",
         "summary.json",
     )
@@ -213,21 +189,7 @@ def test_story_cli_usage_equals_the_servers_numbers(wire: RecordingProxy, tmp_pa
 
 def test_summarize_cli_usage_equals_the_servers_numbers(wire: RecordingProxy, tmp_path: Path) -> None:
     (tmp_path / "texts.jsonl").write_text("".join(json.dumps({"text": t, "sentences": 2}) + "\n" for t in TEXTS))
-    result = run_cli(
-        "run",
-        "summarize",
-        "--input",
-        "texts.jsonl",
-        "--base-url",
-        wire.base_url,
-        "--model",
-        MODEL,
-        "--max-concurrency",
-        "2",
-        "--no-stream",
-        "--output",
-        "out.jsonl",
-    )
+    result = run_on_server(wire, "run", "summarize", "--input", "texts.jsonl", "--max-concurrency", "2", "--no-stream")
     assert result.returncode == 0, result.stderr
     records = read_records(tmp_path / "out.jsonl")
     assert [r["input"]["text"] for r in records] == TEXTS
@@ -243,22 +205,8 @@ def test_prompt_only_chain_from_a_prompts_dir_streams(wire: RecordingProxy, tmp_
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "tale.yaml").write_text(TALE)
     (tmp_path / "openings.txt").write_text("\n".join(OPENINGS) + "\n")
-    result = run_cli(
-        "run",
-        "tale",
-        "--prompts-dir",
-        "mine",
-        "--input",
-        "openings.txt",
-        "--base-url",
-        wire.base_url,
-        "--model",
-        MODEL,
-        "--max-concurrency",
-        "2",
-        "--stream",
-        "--output",
-        "out.jsonl",
+    result = run_on_server(
+        wire, "run", "tale", "--prompts-dir", "mine", "--input", "openings.txt", "--max-concurrency", "2", "--stream"
     )
     assert result.returncode == 0, result.stderr
     records = read_records(tmp_path / "out.jsonl")
@@ -275,21 +223,8 @@ def test_prompt_only_chain_from_a_prompts_dir_streams(wire: RecordingProxy, tmp_
 
 def test_max_tokens_is_respected(wire: RecordingProxy, tmp_path: Path) -> None:
     (tmp_path / "topics.txt").write_text("\n".join(TOPICS[:2]) + "\n")
-    result = run_cli(
-        "story",
-        "--topics",
-        "topics.txt",
-        "--base-url",
-        wire.base_url,
-        "--model",
-        MODEL,
-        "--max-concurrency",
-        "2",
-        "--no-stream",
-        "--max-tokens",
-        "5",
-        "--output",
-        "out.jsonl",
+    result = run_on_server(
+        wire, "story", "--topics", "topics.txt", "--max-concurrency", "2", "--no-stream", "--max-tokens", "5"
     )
     assert result.returncode == 0, result.stderr
     exchanges = wire.chat()
