@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -48,6 +49,18 @@ def _headers(result: ChatResult) -> Any:
     generation = result.generations[0]
     info = generation.generation_info or {}
     return info.get("headers") or generation.message.response_metadata.get("headers")
+
+
+@dataclass(slots=True)
+class _Call:
+    """One model call as the attempts of it see it."""
+
+    messages: list[BaseMessage]
+    stop: list[str] | None
+    run_manager: AsyncCallbackManagerForLLMRun | None
+    params: dict[str, Any]
+    stream: bool
+    limits: Limits | None
 
 
 class ManagedChatModel(BaseChatModel):
@@ -112,11 +125,12 @@ class ManagedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        limits = active_limits() or self.limits
         params = {**kwargs, **self.overrides}
         stream = bool(params.pop("stream", self.streaming))
+        call = _Call(messages, stop, run_manager, params, stream, active_limits() or self.limits)
+        limits = call.limits
         try:  # the first attempt goes straight through: no retry machinery on the hot path
-            result = await self._attempt(messages, stop, run_manager, params, stream, limits)
+            result = await self._attempt(call)
         except Exception as exc:
             failure = classify(exc)
             if not failure.retryable or self.max_retries == 0:
@@ -124,7 +138,7 @@ class ManagedChatModel(BaseChatModel):
                 if error is exc:
                     raise
                 raise error from exc
-            result = await self._retry(exc, messages, stop, run_manager, params, stream, limits)
+            result = await self._retry(exc, call)
         if limits is not None:
             limits.concurrency.succeeded()
         self._account(messages, result)
@@ -136,20 +150,12 @@ class ManagedChatModel(BaseChatModel):
             return final_error(exc, failure, attempts, timeout=self.timeout, base_url=self.base_url)
         return exc
 
-    async def _retry(
-        self,
-        first: Exception,
-        messages: list[BaseMessage],
-        stop: list[str] | None,
-        run_manager: AsyncCallbackManagerForLLMRun | None,
-        params: dict[str, Any],
-        stream: bool,
-        limits: Limits | None,
-    ) -> ChatResult:
+    async def _retry(self, first: Exception, call: _Call) -> ChatResult:
         """Attempts 2..max_retries+1 with tenacity; the first attempt's failure is replayed as attempt 1."""
         from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
         item = current_item()
+        limits, run_manager = call.limits, call.run_manager
 
         async def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -184,7 +190,7 @@ class ManagedChatModel(BaseChatModel):
                     attempts += 1
                     if replay:
                         raise replay.pop()
-                    result = await self._attempt(messages, stop, run_manager, params, stream, limits)
+                    result = await self._attempt(call)
         except Exception as exc:
             error = self._final(exc, classify(exc), attempts)
             if error is exc:
@@ -192,27 +198,20 @@ class ManagedChatModel(BaseChatModel):
             raise error from exc
         return result
 
-    async def _attempt(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None,
-        run_manager: AsyncCallbackManagerForLLMRun | None,
-        params: dict[str, Any],
-        stream: bool,
-        limits: Limits | None,
-    ) -> ChatResult:
+    async def _attempt(self, call: _Call) -> ChatResult:
+        limits = call.limits
         if limits is None:
-            return await self._request(messages, stop, run_manager, params, stream)
+            return await self._request(call)
         count, _exact = counter_for(self.token_model)
-        prompt_tokens = sum(count(m.text) for m in messages)
-        output_tokens = int(params.get("max_tokens") or limits.output_tokens_avg)
+        prompt_tokens = sum(count(m.text) for m in call.messages)
+        output_tokens = int(call.params.get("max_tokens") or limits.output_tokens_avg)
         cost = limits.prices.cost(self.token_model, prompt_tokens, output_tokens)
         item = current_item()
         async with limits.request(prompt_tokens + output_tokens, cost) as booking:
             if item is not None:
                 item.wait_s += booking.waited_s
-            result = await self._request(messages, stop, run_manager, params, stream)
-            usage = self._usage(messages, result)
+            result = await self._request(call)
+            usage = self._usage(call.messages, result)
             actual_cost = limits.prices.cost(self.token_model, usage["input_tokens"], usage["output_tokens"])
             limits.settle(booking, usage["total_tokens"], usage["output_tokens"], actual_cost)
             if limits.rate is not None:
@@ -221,19 +220,15 @@ class ManagedChatModel(BaseChatModel):
                 item.cost_usd = (item.cost_usd or 0.0) + actual_cost
             return result
 
-    async def _request(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None,
-        run_manager: AsyncCallbackManagerForLLMRun | None,
-        params: dict[str, Any],
-        stream: bool,
-    ) -> ChatResult:
-        if not stream:
-            return await self.inner._agenerate(messages, stop=stop, **params)
+    async def _request(self, call: _Call) -> ChatResult:
+        """One attempt at the provider; a streamed answer must end with a finish reason."""
+        if not call.stream:
+            return await self.inner._agenerate(call.messages, stop=call.stop, **call.params)
+        run_manager = call.run_manager
         chunks: list[ChatGenerationChunk] = []
         source_iter = cast(
-            AsyncGenerator[ChatGenerationChunk, None], self.inner._astream(messages, stop=stop, **params)
+            AsyncGenerator[ChatGenerationChunk, None],
+            self.inner._astream(call.messages, stop=call.stop, **call.params),
         )
         async with aclosing(source_iter) as source:
             async for chunk in source:
