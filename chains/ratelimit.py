@@ -11,32 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from chains.errors import InputError
+from chains.headers import parse_reset
 
 log = logging.getLogger("chains.limits")
-
-_DURATION = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_reset(text: str | None) -> float | None:
-    """OpenAI's reset durations: ``1s``, ``6m0s``, ``20ms``, ``0.5s`` (or plain seconds)."""
-    if not text:
-        return None
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    parts = _DURATION.findall(text)
-    if not parts:
-        return None
-    return sum(float(value) * _UNITS[unit] for value, unit in parts)
 
 
 class Reservation:
