@@ -23,11 +23,12 @@ from langchain_core.language_models.chat_models import generate_from_stream
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, SecretStr
 
+from chains.deadline import within
 from chains.limits import Limits, active_limits
 from chains.metrics import current_item
-from chains.retry import BackoffWait, BrokenStreamError, Failure, classify, final_error
+from chains.retry import BackoffWait, BrokenStreamError, Failure, NoAnswerError, classify, final_error
 from chains.tokens import counter_for
 
 log = logging.getLogger("chains.requests")
@@ -73,7 +74,8 @@ class ManagedChatModel(BaseChatModel):
     streaming: bool = False
     """Stream each request and report tokens to callbacks as they arrive."""
     max_retries: int = 5
-    timeout: float = 60.0
+    timeout: float = 600.0
+    """Seconds one attempt may take as a whole, the complete answer included."""
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Request parameters that win over those bound by a prompt file (the CLI's flags)."""
     limits: Limits | None = None
@@ -146,9 +148,15 @@ class ManagedChatModel(BaseChatModel):
 
     def _final(self, exc: Exception, failure: Failure, attempts: int) -> Exception:
         """Provider failures become one clear ProviderError; anything else (a bug, a budget stop) stays itself."""
-        if failure.retryable or failure.status is not None:
-            return final_error(exc, failure, attempts, timeout=self.timeout, base_url=self.base_url)
+        if failure.provider:
+            return final_error(
+                exc, failure, attempts, timeout=self.timeout, base_url=self.base_url, secrets=self._secrets()
+            )
         return exc
+
+    def _secrets(self) -> list[str]:
+        """The inner model's keys (its ``SecretStr`` fields): providers echo a refused key in their message."""
+        return [value.get_secret_value() for _name, value in self.inner if isinstance(value, SecretStr) and value]
 
     async def _retry(self, first: Exception, call: _Call) -> ChatResult:
         """Attempts 2..max_retries+1 with tenacity; the first attempt's failure is replayed as attempt 1."""
@@ -201,7 +209,7 @@ class ManagedChatModel(BaseChatModel):
     async def _attempt(self, call: _Call) -> ChatResult:
         limits = call.limits
         if limits is None:
-            return await self._request(call)
+            return await self._request_within_deadline(call)
         count, _exact = counter_for(self.token_model)
         prompt_tokens = sum(count(m.text) for m in call.messages)
         output_tokens = int(call.params.get("max_tokens") or limits.output_tokens_avg)
@@ -210,7 +218,7 @@ class ManagedChatModel(BaseChatModel):
         async with limits.request(prompt_tokens + output_tokens, cost) as booking:
             if item is not None:
                 item.wait_s += booking.waited_s
-            result = await self._request(call)
+            result = await self._request_within_deadline(call)
             usage = self._usage(call.messages, result)
             actual_cost = limits.prices.cost(self.token_model, usage["input_tokens"], usage["output_tokens"])
             limits.settle(booking, usage["total_tokens"], usage["output_tokens"], actual_cost)
@@ -220,10 +228,19 @@ class ManagedChatModel(BaseChatModel):
                 item.cost_usd = (item.cost_usd or 0.0) + actual_cost
             return result
 
+    async def _request_within_deadline(self, call: _Call) -> ChatResult:
+        """One attempt, bounded as a whole by ``timeout``: the HTTP client's timeouts bound each
+        read, so an answer that keeps trickling bytes (a model looping without a finish reason, a
+        proxy keeping the connection alive) would otherwise hold its worker forever."""
+        return await within(self.timeout, self._request(call))
+
     async def _request(self, call: _Call) -> ChatResult:
         """One attempt at the provider; a streamed answer must end with a finish reason."""
         if not call.stream:
-            return await self.inner._agenerate(call.messages, stop=call.stop, **call.params)
+            result = await self.inner._agenerate(call.messages, stop=call.stop, **call.params)
+            if not result.generations:
+                raise NoAnswerError("the provider answered 200 with no choices")
+            return result
         run_manager = call.run_manager
         chunks: list[ChatGenerationChunk] = []
         source_iter = cast(

@@ -3,7 +3,9 @@
 Serves ``POST /v1/chat/completions`` (JSON and SSE streaming) and ``GET /v1/models``
 with deterministic replies, configurable latency, server-side rate limits and a list of
 fault rules (HTTP error statuses, connection resets, truncated / malformed / stalled
-streams).
+streams, answers that are not answers: ``empty_choices``, ``error_body`` (a 200 whose body
+is an error), ``validation_500`` (llama.cpp's answer to an unsupported ``response_format``),
+``endless`` (bytes that keep trickling for ``stall_s``), and raw header values).
 
 In-process use (tests)::
 
@@ -107,7 +109,11 @@ _STATUS_ERRORS: dict[int, tuple[str, str | None, str]] = {
 }
 _STATUS_KINDS = frozenset(str(s) for s in _STATUS_ERRORS)
 _MID_STREAM_KINDS = frozenset({"reset_mid_stream", "truncate", "malformed"})
-FAULT_KINDS = frozenset(_STATUS_KINDS | _MID_STREAM_KINDS | {"context_length", "reset", "stall"})
+# Answers that are not answers: a 200 whose body has no choices or is an error object, a 500 whose
+# body is a request validation error (llama.cpp on an unsupported response_format), and an answer that
+# never ends (bytes keep trickling in, so no read ever times out).
+_ODD_KINDS = frozenset({"empty_choices", "error_body", "validation_500", "endless"})
+FAULT_KINDS = frozenset(_STATUS_KINDS | _MID_STREAM_KINDS | _ODD_KINDS | {"context_length", "reset", "stall"})
 _RULE_KEYS = frozenset(
     {
         "fault",
@@ -119,6 +125,8 @@ _RULE_KEYS = frozenset(
         "stall_s",
         "stream",
         "message",
+        "headers",
+        "error_type",
     }
 )
 
@@ -267,6 +275,8 @@ class _Rule:
     __slots__ = (
         "after_chunks",
         "applied",
+        "error_type",
+        "headers",
         "kind",
         "match",
         "message",
@@ -289,6 +299,8 @@ class _Rule:
         stall_s: float | None = None,
         stream: bool | None = None,
         message: str | None = None,
+        headers: dict[str, str] | None = None,
+        error_type: str | None = None,
     ) -> None:
         kind = str(fault)
         if kind not in FAULT_KINDS:
@@ -307,6 +319,9 @@ class _Rule:
         self.stall_s = 3600.0 if stall_s is None else float(stall_s)
         self.stream = None if stream is None else bool(stream)
         self.message = message
+        self.headers = {str(k): str(v) for k, v in (headers or {}).items()}
+        """Sent verbatim with the fault's response (e.g. a Retry-After of 'soon')."""
+        self.error_type = error_type
         self.applied = 0
 
     @classmethod
@@ -331,6 +346,8 @@ class _Rule:
             "stall_s": self.stall_s,
             "stream": self.stream,
             "message": self.message,
+            "headers": dict(self.headers),
+            "error_type": self.error_type,
         }
 
 
@@ -539,7 +556,8 @@ class FaultServer:
         **kw: Any,
     ) -> dict[str, Any]:
         """Append a fault rule; kw: retry_after, retry_after_ms, after_chunks, stall_s,
-        stream (only match streamed / non-streamed requests), message."""
+        stream (only match streamed / non-streamed requests), message, error_type (the error
+        body's ``type``), headers (sent verbatim: e.g. ``{"retry-after": "soon"}``)."""
         rule = _Rule.from_dict({"fault": fault, "match": match, "times": times, **kw})
         with self._lock:
             self._rules.append(rule)
@@ -782,12 +800,19 @@ class FaultServer:
             if kind in _STATUS_KINDS:
                 status = int(kind)
                 type_, code, msg = _STATUS_ERRORS[status]
+                if status == 401:  # like OpenAI, the message echoes the key it was given
+                    given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+                    msg = msg.replace("provided: test.", f"provided: {given}.")
                 if rule.retry_after is not None:
                     headers["retry-after"] = _fmt_seconds(rule.retry_after)
                 if rule.retry_after_ms is not None:
                     headers["retry-after-ms"] = _fmt_seconds(rule.retry_after_ms)
-                payload = _error_body(rule.message or msg, type_, code)
+                headers.update(rule.headers)
+                payload = _error_body(rule.message or msg, rule.error_type or type_, code)
                 return await self._send(request, entry, status, payload, headers)
+            if kind in _ODD_KINDS:
+                headers.update(rule.headers)
+                return await self._odd_answer(request, entry, rule, headers)
             if kind == "stall" and (not stream or rule.after_chunks is None):
                 await asyncio.sleep(rule.stall_s)
             else:
@@ -902,6 +927,61 @@ class FaultServer:
         self._end(entry, "completed")
         await resp.write(data)
         await resp.write_eof()
+        return resp
+
+    async def _odd_answer(
+        self, request: web.Request, entry: dict[str, Any], rule: _Rule, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """The answers that are not answers (see ``_ODD_KINDS``)."""
+        stream = entry["stream"]
+        if rule.kind == "validation_500":  # what llama-cpp-python's server says to a json_schema response_format
+            message = rule.message or (
+                "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input should be "
+                "'text' or 'json_object' [type=literal_error, input_value='json_schema', input_type=str]"
+            )
+            payload = _error_body(message, rule.error_type or "internal_server_error", None)
+            return await self._send(request, entry, 500, payload, headers)
+        if rule.kind == "endless":
+            return await self._endless(request, entry, rule, headers)
+        if rule.kind == "empty_choices":
+            body: dict[str, Any] = {"id": "chatcmpl-empty", "object": "chat.completion", "choices": []}
+        else:  # error_body: a 200 whose body is an error object
+            message = rule.message or "The server had an error while processing your request."
+            body = {"error": {"message": message, "type": rule.error_type or "server_error", "code": None}}
+        if not stream:
+            return await self._send(request, entry, 200, _dumps(body).encode(), headers)
+        resp = web.StreamResponse(status=200, headers={**headers, "Cache-Control": "no-cache"})
+        resp.content_type = "text/event-stream"
+        entry["status"] = 200
+        await resp.prepare(request)
+        self._end(entry, "completed")
+        await resp.write(f"data: {_dumps(body)}\n\n{_DONE}".encode())
+        await resp.write_eof()
+        return resp
+
+    async def _endless(
+        self, request: web.Request, entry: dict[str, Any], rule: _Rule, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """An answer that keeps trickling bytes for ``stall_s`` seconds (never a finish reason), then a reset."""
+        stream = entry["stream"]
+        resp = web.StreamResponse(status=200, headers=headers)
+        resp.content_type = "text/event-stream" if stream else "application/json"
+        entry["status"] = 200
+        await resp.prepare(request)
+        interval = self._cfg.chunk_delay_s or 0.01
+        piece = (
+            'data: {"id":"chatcmpl-endless","object":"chat.completion.chunk","created":0,"model":"m",'
+            '"choices":[{"index":0,"delta":{"content":" again"},"finish_reason":null}]}\n\n'
+            if stream
+            else " "
+        ).encode()
+        deadline = time.monotonic() + rule.stall_s
+        while time.monotonic() < deadline:
+            await resp.write(piece)
+            entry["completion_tokens"] += 1 if stream else 0
+            await asyncio.sleep(interval)
+        self._end(entry, "aborted")
+        _abort(request)
         return resp
 
     async def _drain_then_abort(self, request: web.Request, entry: dict[str, Any]) -> None:
