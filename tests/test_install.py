@@ -1,8 +1,10 @@
 """chain-runner as a dependency: build the wheel, install it into a fresh venv, use it from another app.
 
-The venv is created with ``--system-site-packages`` so that LangChain and the
-other dependencies come from this machine (no network), and the wheel is
-installed with ``--no-deps``.  The app runs from a temporary directory outside
+The venv's dependencies (LangChain and the rest) come from the environment running the
+tests, whatever it is (a venv, the system Python), through a ``.pth`` file that names its
+site-packages directories (no network); the wheel is installed with ``--no-deps``.  A
+``.pth`` file's own directory entries are not scanned for further ``.pth`` files, so an
+editable install of chain-runner in the test environment stays invisible to the venv.  The app runs from a temporary directory outside
 the repository with no ``PYTHONPATH``, so everything it imports from
 ``chains`` (code and prompt files) must come from the installed wheel.
 """
@@ -14,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +155,13 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(source)], cwd=workdir)
     [wheel] = dist.glob("chain_runner-*.whl")
     venv = workdir / "venv"
-    run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], cwd=workdir)
-    # pip comes from the system site-packages but installs into the venv it runs in; an
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=workdir)
+    [site_packages] = (venv / "lib").glob("python*/site-packages")
+    here = sysconfig.get_paths()
+    (site_packages / "test-environment.pth").write_text(
+        "\n".join(dict.fromkeys([here["purelib"], here["platlib"]])) + "\n", encoding="utf-8"
+    )
+    # pip comes from the test environment but installs into the venv it runs in; an
     # editable chain-runner outside the venv is left alone ("outside environment").
     run(
         [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
