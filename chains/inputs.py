@@ -4,6 +4,13 @@ Readers are generators: a 100,000-line file is never held in memory.  A row
 that does not fit the chain becomes an ``InputError`` *item* (it gets an error
 record; the other rows still run); a file that cannot be used at all is a
 ``UsageError`` raised before anything runs.
+
+Nothing inside a file can stop a run: a row with bytes that are not UTF-8, a
+line or CSV record longer than ``MAX_ROW_CHARS``, JSON nested deeper than
+``MAX_JSON_DEPTH`` or that Python refuses to parse, each becomes that row's
+``RowError``.  Files are decoded with ``surrogateescape`` so one bad byte spoils
+only its row (valid UTF-8 never decodes to U+DC80..U+DCFF, so detection is
+exact), and with ``utf-8-sig`` so the byte-order mark Excel writes is dropped.
 """
 
 from __future__ import annotations
@@ -11,14 +18,24 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
-from chains.errors import InputError, UsageError
+from chains.errors import ChainRunnerError, InputError, UsageError
 
 STDIN = "-"
+MAX_ROW_CHARS = 32 * 1024 * 1024
+"""The longest line (JSONL, plain lines, topics) or CSV record, line endings included."""
+MAX_JSON_DEPTH = 100
+"""The deepest nesting a JSONL row may have: far beyond real data, far below Python's recursion limit."""
+_SNIFF_BYTES = 8192
+_PREVIEW_CHARS = 80
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class RowError(InputError):
@@ -29,31 +46,372 @@ class RowError(InputError):
         self.input = row
 
 
+# -- opening: one up-front check that the file is text at all -----------------------------------
+
+
 def _open(path: str, flag: str) -> TextIO:
+    """The file as UTF-8 text (BOM dropped, bad bytes escaped), after refusing binary and UTF-16 files."""
     if path == STDIN:
-        return sys.stdin
+        binary: BinaryIO | None = getattr(sys.stdin, "buffer", None)
+        if binary is None:  # stdin replaced by a text stream (a notebook, a test): use it as it is
+            return sys.stdin
+    else:
+        binary = _open_file(path, flag)
+    try:
+        _refuse_non_text(_peek(binary), path, flag)
+    except UsageError:
+        if path != STDIN:
+            binary.close()
+        raise
+    return io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def _open_file(path: str, flag: str) -> BinaryIO:
     file = Path(path)
     if not file.exists():
         raise UsageError(f"{flag} {path}: no such file; check the path (use - to read standard input)")
     if file.is_dir():
         raise UsageError(f"{flag} {path}: is a directory; pass a file")
     try:
-        return file.open(encoding="utf-8", newline="")
+        return file.open("rb")
     except OSError as exc:
         raise UsageError(f"{flag} {path}: cannot read ({exc.strerror}); check its permissions") from exc
 
 
-def _lines(handle: TextIO) -> Iterator[tuple[int, str]]:
+def _peek(binary: BinaryIO) -> bytes:
+    peek = getattr(binary, "peek", None)
+    return bytes(peek(_SNIFF_BYTES)[:_SNIFF_BYTES]) if peek is not None else b""
+
+
+def _refuse_non_text(head: bytes, path: str, flag: str) -> None:
+    """A whole file that is not UTF-8 text is one clear line up front, not one error record per line.
+
+    NUL bytes never occur in CSV, JSONL or text someone means to send to a model, and always occur
+    in UTF-16 text, spreadsheets, archives and executables.
+    """
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UsageError(f"{flag} {path}: saved as UTF-16; save it as UTF-8")
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        raise UsageError(
+            f"{flag} {path}: not a text file (NUL byte at offset {nul}); pass a UTF-8 .jsonl, .csv or text file"
+        )
+
+
+def _close(handle: TextIO) -> None:
+    """Close a file; give standard input back untouched."""
+    if handle is sys.stdin:
+        return
+    if isinstance(handle, io.TextIOWrapper) and handle.buffer is getattr(sys.stdin, "buffer", None):
+        handle.detach()
+        return
+    handle.close()
+
+
+# -- physical lines, bounded ------------------------------------------------------------------
+
+
+def _pieces(handle: TextIO, size: int) -> Iterator[tuple[int, str, bool]]:
+    """``(line number, piece, ends its line)``: lines of at most ``size`` characters, longer ones in pieces.
+
+    Lines end at ``\\n``, ``\\r`` or ``\\r\\n`` (kept), as the ``csv`` module expects.
+    """
+    number, cut_after_cr = 1, False
     try:
-        for number, line in enumerate(handle, 1):
-            text = line.strip()
-            if text and not text.startswith("#"):
-                yield number, text
-    except UnicodeDecodeError as exc:
+        while piece := handle.readline(size):
+            if cut_after_cr and piece == "\n":  # the size limit fell inside a \r\n: same line
+                number -= 1
+            ends = len(piece) < size or piece[-1] in "\r\n"
+            yield number, piece, ends
+            number += ends
+            cut_after_cr = len(piece) == size and piece[-1] == "\r"
+    except UnicodeDecodeError as exc:  # only a text-mode stdin we did not open can get here
         raise UsageError(f"input is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    number: int
+    text: str
+    """The whole line; for a line that is too long, its first characters."""
+    too_long: bool = False
+
+
+def _lines(handle: TextIO, max_chars: int) -> Iterator[_Line]:
+    """Every line; one longer than ``max_chars`` is skipped in pieces, never held whole."""
+    pieces = _pieces(handle, max_chars + 1)
+    for number, piece, ends in pieces:
+        if len(piece) <= max_chars:
+            yield _Line(number, piece)
+            continue
+        preview = piece[:_PREVIEW_CHARS]
+        del piece
+        while not ends:
+            ends = next(pieces, (0, "", True))[2]
+        yield _Line(number, preview, too_long=True)
+
+
+def _not_utf8(where: str, text: str) -> str | None:
+    """The message for a line holding bytes that are not UTF-8 (escaped as U+DC80..U+DCFF), if any."""
+    found = _ESCAPED_BYTE.search(text)
+    if found is None:
+        return None
+    byte = ord(found.group()) - 0xDC00
+    return f"{where}: not UTF-8 text (byte 0x{byte:02x} at column {found.start() + 1}); save the file as UTF-8"
+
+
+def _clean(text: str) -> str:
+    """Escaped bad bytes as U+FFFD, so the row can be written into its error record."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _too_long(where: str, what: str, max_chars: int, fix: str) -> str:
+    return f"{where}: {what} is longer than {max_chars:,} characters; {fix}"
+
+
+# -- line formats: topics, plain lines, JSONL -------------------------------------------------
+
+Entry = tuple[str, str] | RowError
+"""A non-blank, non-comment line as ``(where, text)``, or the ``RowError`` of a line that cannot be one."""
+
+
+def _entries(handle: TextIO, path: str, max_chars: int, wrap: Callable[[str], Any]) -> Iterator[Entry]:
+    """Lines with something on them; ``wrap`` turns a bad line's text into the row its error record shows."""
+    try:
+        for line in _lines(handle, max_chars):
+            text = line.text.strip()
+            if line.text.lstrip().startswith("#") or not (text or line.too_long):
+                continue
+            where = f"{path} line {line.number}"
+            if line.too_long:
+                message = _too_long(where, "line", max_chars, "shorten the line or split it")
+                yield RowError(message, wrap(_clean(line.text) + "…"))
+            elif (message_ := _not_utf8(where, line.text)) is not None:
+                yield RowError(message_, wrap(_clean(text)))
+            else:
+                yield where, text
     finally:
-        if handle is not sys.stdin:
-            handle.close()
+        _close(handle)
+
+
+def _one_variable(entries: Iterator[Entry], variable: str) -> Iterator[Any]:
+    for entry in entries:
+        yield entry if isinstance(entry, RowError) else {variable: entry[1]}
+
+
+def _jsonl(entries: Iterator[Entry], chain: str, required: Sequence[str]) -> Iterator[Any]:
+    for entry in entries:
+        yield entry if isinstance(entry, RowError) else _json_row(*entry, chain=chain, required=required)
+
+
+def _json_row(where: str, text: str, *, chain: str, required: Sequence[str]) -> Any:
+    try:
+        row = json.loads(text)
+    except RecursionError:
+        return RowError(_too_deep(where), text)
+    except json.JSONDecodeError as exc:
+        return RowError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); fix the line", text)
+    except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits)
+        return RowError(
+            f"{where}: not valid JSON (a number has more than {sys.get_int_max_str_digits()} digits); "
+            "write it as a string",
+            text,
+        )
+    problem = _json_problem(row)
+    if problem == "deep":
+        return RowError(_too_deep(where), text)
+    if problem == "surrogate":
+        return RowError(f"{where}: the row has a lone surrogate escape (\\ud800-\\udfff); fix the line", _clean(text))
+    return _check(row, where, required, chain)
+
+
+def _too_deep(where: str) -> str:
+    return f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels; flatten the row"
+
+
+def _json_problem(row: Any) -> str | None:
+    """``"deep"`` past ``MAX_JSON_DEPTH``, ``"surrogate"`` for a string no UTF-8 file can hold, else None.
+
+    Iterative, so a deep value cannot exhaust the stack here; the check keeps deep values from
+    exhausting it later (the record's JSON, the resume key).
+    """
+    stack: list[tuple[Any, int]] = [(row, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return "surrogate"
+        elif isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                return "deep"
+            children = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def _check(row: Any, where: str, required: Sequence[str], chain: str) -> Any:
+    if not isinstance(row, dict):
+        return RowError(f"{where}: expected a JSON object with {', '.join(required)}; got {type(row).__name__}", row)
+    missing = [name for name in required if row.get(name) in (None, "")]
+    if missing:
+        return RowError(
+            f"{where}: missing {', '.join(repr(m) for m in missing)} (chain {chain} needs "
+            f"{', '.join(required)}); add it to the row",
+            row,
+        )
+    return row
+
+
+# -- CSV: records split exactly where the csv module splits them, each bounded --------------------
+
+_START, _UNQUOTED, _QUOTED, _QUOTE, _ENDED = range(5)
+_QUOTE_RUN = re.compile('"+')
+
+
+class _QuoteScan:
+    """Whether a CSV record goes on past the end of a line: ``csv``'s own state machine, quotes only.
+
+    Mirrors the ``excel`` dialect's reader (``"`` quotes, ``""`` escapes, a quote inside an unquoted
+    field is literal, non-strict): a record ends at a line end outside a quoted field.  Only quote
+    characters change that, so the scan jumps from quote run to quote run; pieces of a line may come
+    one after the other.
+    """
+
+    def __init__(self) -> None:
+        self.state = _START
+
+    def feed(self, text: str) -> None:
+        start = 0
+        while (quote := text.find('"', start)) >= 0:
+            self.state = _after_plain(self.state, text, start, quote)
+            run = _QUOTE_RUN.match(text, quote)
+            assert run is not None
+            self.state = _after_quotes(self.state, run.end() - quote)
+            start = run.end()
+        self.state = _after_plain(self.state, text, start, len(text))
+
+    def record_ends(self) -> bool:
+        """At a line end: True (and ready for the next record) unless inside a quoted field."""
+        if self.state == _QUOTED:
+            return False
+        self.state = _START
+        return True
+
+
+def _after_plain(state: int, text: str, start: int, end: int) -> int:
+    """The state after ``text[start:end]``, which holds no quote character."""
+    if start == end or state in (_QUOTED, _ENDED):
+        return state
+    if text.find("\n", start, end) >= 0 or text.find("\r", start, end) >= 0:
+        return _ENDED
+    return _START if text[end - 1] == "," else _UNQUOTED
+
+
+def _after_quotes(state: int, run: int) -> int:
+    """The state after ``run`` consecutive quote characters."""
+    if state in (_UNQUOTED, _ENDED):
+        return state  # a quote inside an unquoted field is an ordinary character
+    if state in (_START, _QUOTE):  # the first quote opens the field, or is the second of a ""
+        state, run = _QUOTED, run - 1
+    return _QUOTED if run % 2 == 0 else _QUOTE
+
+
+@dataclass(slots=True)
+class _Record:
+    number: int
+    lines: list[str] = field(default_factory=list)
+    size: int = 0
+    preview: str | None = None
+    """Set when the record is longer than allowed: its first characters; ``lines`` is then empty."""
+
+    def add(self, piece: str, max_chars: int) -> None:
+        self.size += len(piece)
+        if self.preview is None and self.size > max_chars:
+            self.preview = (self.lines[0] if self.lines else piece)[:_PREVIEW_CHARS]
+            self.lines.clear()
+        elif self.preview is None:
+            self.lines.append(piece)
+
+
+def _csv_records(handle: TextIO, max_chars: int) -> Iterator[_Record]:
+    """The physical lines of each CSV record; a record over ``max_chars`` is skipped to its real end."""
+    scan = _QuoteScan()
+    record: _Record | None = None
+    for number, piece, ends in _pieces(handle, max_chars + 1):
+        record = record or _Record(number)
+        scan.feed(piece)
+        record.add(piece, max_chars)
+        if ends and scan.record_ends():
+            yield record
+            record = None
+    if record is not None:  # the file ends inside a quoted field: csv keeps what it has, so do we
+        yield record
+
+
+def _fields(record: _Record) -> list[str]:
+    return next(csv.reader(record.lines), [])
+
+
+def _csv(handle: TextIO, path: str, chain: str, required: Sequence[str], max_chars: int) -> Iterator[Any]:
+    csv.field_size_limit(max(csv.field_size_limit(), max_chars))  # process-wide; records are bounded above
+    try:
+        records = _csv_records(handle, max_chars)
+        header = _csv_header(records, path, max_chars)
+        missing = [name for name in required if name not in header]
+        if missing:
+            raise UsageError(
+                f"--input {path}: the CSV header has {', '.join(header) or 'no columns'} but chain {chain} "
+                f"needs {', '.join(required)}; add a column named {missing[0]!r}"
+            )
+        for record in records:
+            item = _csv_row(record, header, path, chain, required, max_chars)
+            if item is not None:
+                yield item
+    finally:
+        _close(handle)
+
+
+def _csv_header(records: Iterator[_Record], path: str, max_chars: int) -> list[str]:
+    """The first non-blank record's fields; a header that cannot be read makes the whole file unusable."""
+    for record in records:
+        where = f"--input {path} line {record.number}"
+        if record.preview is not None:
+            raise UsageError(_too_long(where, "the CSV header", max_chars, "fix the header line"))
+        try:
+            fields = _fields(record)
+        except csv.Error as exc:
+            raise UsageError(f"{where}: the CSV header is not valid CSV ({exc}); fix the header line") from exc
+        if not fields:
+            continue
+        for offset, line in enumerate(record.lines):
+            if (message := _not_utf8(f"--input {path} line {record.number + offset}", line)) is not None:
+                raise UsageError(message)
+        return fields
+    return []
+
+
+def _csv_row(record: _Record, header: list[str], path: str, chain: str, required: Sequence[str], max_chars: int) -> Any:
+    """One record as a row, a ``RowError``, or None for a blank record."""
+    where = f"{path} line {record.number}"
+    if record.preview is not None:
+        fix = "shorten the row or split it into several rows"
+        return RowError(_too_long(where, "row", max_chars, fix), _clean(record.preview) + "…")
+    try:
+        fields = _fields(record)
+    except csv.Error as exc:
+        return RowError(f"{where}: not valid CSV ({exc}); fix the row", _clean("".join(record.lines)))
+    if not any(value.strip() for value in fields):
+        return None
+    row: dict[str, Any] = dict(zip(header, fields, strict=False))
+    for name in header[len(fields) :]:
+        row[name] = None
+    for offset, line in enumerate(record.lines):
+        if (message := _not_utf8(f"{path} line {record.number + offset}", line)) is not None:
+            return RowError(message, {name: _clean(value) if value else value for name, value in row.items()})
+    return _check(row, where, required, chain)
+
+
+# -- the public readers -----------------------------------------------------------------------
 
 
 class Rows(Iterator[Any]):
@@ -82,23 +440,10 @@ def _non_empty(rows: Iterator[Any], path: str, flag: str, what: str) -> Rows:
     return Rows(first, rows)
 
 
-def read_topics(path: str, variable: str = "topic") -> Rows:
+def read_topics(path: str, variable: str = "topic", *, max_chars: int = MAX_ROW_CHARS) -> Rows:
     """One topic per line; blank lines and ``#`` lines skipped; ``-`` reads stdin."""
-    rows = ({variable: text} for _, text in _lines(_open(path, "--topics")))
-    return _non_empty(rows, path, "--topics", "topics")
-
-
-def _check(row: Any, where: str, required: Sequence[str], chain: str) -> Any:
-    if not isinstance(row, dict):
-        return RowError(f"{where}: expected a JSON object with {', '.join(required)}; got {type(row).__name__}", row)
-    missing = [name for name in required if row.get(name) in (None, "")]
-    if missing:
-        return RowError(
-            f"{where}: missing {', '.join(repr(m) for m in missing)} (chain {chain} needs "
-            f"{', '.join(required)}); add it to the row",
-            row,
-        )
-    return row
+    entries = _entries(_open(path, "--topics"), path, max_chars, lambda text: {variable: text})
+    return _non_empty(_one_variable(entries, variable), path, "--topics", "topics")
 
 
 def detect_format(path: str) -> str:
@@ -110,70 +455,46 @@ def detect_format(path: str) -> str:
     return "lines"
 
 
-def read_inputs(path: str, *, chain: str, required: Sequence[str], fmt: str | None = None) -> Rows:
+def read_inputs(
+    path: str, *, chain: str, required: Sequence[str], fmt: str | None = None, max_chars: int = MAX_ROW_CHARS
+) -> Rows:
     """Rows for ``chain`` from JSONL objects, CSV with a header, or plain lines (one-variable chains)."""
     fmt = fmt or detect_format(path)
     handle = _open(path, "--input")
     if fmt == "jsonl":
-        rows: Iterator[Any] = _jsonl(handle, path, chain, required)
+        rows: Iterator[Any] = _jsonl(_entries(handle, path, max_chars, lambda text: text), chain, required)
     elif fmt == "csv":
-        rows = _csv(handle, path, chain, required)
+        rows = _csv(handle, path, chain, required, max_chars)
     else:
         if len(required) != 1:
-            handle.close() if handle is not sys.stdin else None
+            _close(handle)
             raise UsageError(
                 f"--input {path}: plain lines only fit a chain with one input, but {chain} needs "
                 f"{', '.join(required)}; use a .jsonl or .csv file with those fields"
             )
-        rows = ({required[0]: text} for _, text in _lines(handle))
+        variable = required[0]
+        rows = _one_variable(_entries(handle, path, max_chars, lambda text: {variable: text}), variable)
     return _non_empty(rows, path, "--input", "inputs")
 
 
-def _jsonl(handle: TextIO, path: str, chain: str, required: Sequence[str]) -> Iterator[Any]:
-    for number, text in _lines(handle):
-        where = f"{path} line {number}"
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield RowError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); fix the line", text)
-            continue
-        yield _check(row, where, required, chain)
+def count_inputs(path: str, fmt: str, *, max_chars: int = MAX_ROW_CHARS) -> int | None:
+    """How many items the readers yield for a file (for progress and ETA): one streaming pass, never raising.
 
-
-def _csv(handle: TextIO, path: str, chain: str, required: Sequence[str]) -> Iterator[Any]:
-    try:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        missing = [name for name in required if name not in header]
-        if missing:
-            raise UsageError(
-                f"--input {path}: the CSV header has {', '.join(header) or 'no columns'} but chain {chain} "
-                f"needs {', '.join(required)}; add a column named {missing[0]!r}"
-            )
-        for row in reader:
-            if not any((value or "").strip() for value in row.values() if isinstance(value, str)):
-                continue
-            clean = {k: v for k, v in row.items() if k is not None}
-            yield _check(clean, f"{path} line {reader.line_num}", required, chain)
-    finally:
-        if handle is not sys.stdin:
-            handle.close()
-
-
-def count_inputs(path: str, fmt: str) -> int | None:
-    """How many rows a file holds (for progress and ETA), reading it once without keeping it."""
+    Every line format yields one item per entry, so entries are counted without parsing them;
+    CSV rows are split and parsed exactly as ``read_inputs`` does.  None for standard input or a
+    file that cannot be read.
+    """
     if path == STDIN:
         return None
-    count = 0
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                text = line.strip()
-                if text and not text.startswith("#"):
-                    count += 1
-    except OSError:
+        handle = _open(path, "--input")
+        if fmt == "csv":
+            rows: Iterator[Any] = _csv(handle, path, "", (), max_chars)
+        else:
+            rows = _entries(handle, path, max_chars, lambda text: text)
+        return sum(1 for _ in rows)
+    except (ChainRunnerError, OSError):
         return None
-    return max(0, count - 1) if fmt == "csv" else count
 
 
 def parse_inline(text: str) -> io.StringIO:  # pragma: no cover - convenience for notebooks
