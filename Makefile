@@ -1,10 +1,20 @@
 # One set of commands for developers and CI.
 PYTHON ?= python
 
-.PHONY: install lint test test-all bench bench-smoke story
+.PHONY: install install-newest lock lint test test-all bench bench-smoke story
 
+# The locked set (constraints.txt), as CI installs it.
 install:
-	$(PYTHON) -m pip install -e '.[dev]'
+	$(PYTHON) -m pip install -c constraints.txt -e '.[dev]'
+
+# The newest releases that pyproject.toml's bounds allow (CI checks that they stay green too).
+install-newest:
+	$(PYTHON) -m pip install -U -e '.[dev]'
+
+# Refresh the lock after changing dependencies (uv resolves; pip installs from the result).
+lock:
+	$(PYTHON) -m pip install -q uv
+	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --python-version 3.11 --no-header -q -o constraints.txt
 
 lint:
 	$(PYTHON) -m ruff check .
