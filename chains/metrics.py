@@ -84,6 +84,9 @@ class RunSummary:
     _ttfts: array[float] = field(default_factory=lambda: array("d"))
 
     def add(self, index: int, metrics: ItemMetrics, error: dict[str, Any] | None) -> None:
+        """Fold one record in.  Whatever a record says was spent counts, whatever its status: an
+        input stopped by ``--max-cost`` after its first step, or cancelled mid-way, was still billed
+        for the requests it made, so the run's totals always equal the sum of its records."""
         if metrics.status == "skipped":
             self.skipped += 1
             return
@@ -91,8 +94,7 @@ class RunSummary:
             self.not_run += 1
             if len(self.failures) < self.max_failures_listed and error is not None and self.not_run == 1:
                 self.failures.append({"index": index, **error})
-            return
-        if metrics.status == "cancelled":
+        elif metrics.status == "cancelled":
             self.cancelled += 1
         elif error is None:
             self.ok += 1
