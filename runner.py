@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -41,6 +42,8 @@ def _non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value:g}")
     return value
@@ -76,7 +79,14 @@ def _add_run_options(parser: argparse.ArgumentParser, *, batch: bool = True) -> 
     )
     model.add_argument("--temperature", type=_non_negative_float, help="override the prompt files' temperature")
     model.add_argument("--max-tokens", type=_positive_int, help="override the prompt files' max_tokens")
-    model.add_argument("--timeout", type=_non_negative_float, default=None, help="seconds per request (default 60)")
+    model.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        metavar="S",
+        help="seconds per attempt, the whole answer included (default 600, so a long answer fits; "
+        "lower it to retry stalled requests sooner)",
+    )
     model.add_argument(
         "--max-retries", type=int, default=None, help="retries per request for transient failures (default 5)"
     )
@@ -103,8 +113,12 @@ def _add_run_options(parser: argparse.ArgumentParser, *, batch: bool = True) -> 
         "--tpm", type=_positive_float, help="tokens per minute (estimated before, settled after each request)"
     )
     if batch:
-        limits.add_argument(
+        output = limits.add_mutually_exclusive_group()
+        output.add_argument(
             "--resume", action="store_true", help="skip inputs that already have a success record in --output"
+        )
+        output.add_argument(
+            "--overwrite", action="store_true", help="replace the records already in --output (default: refuse)"
         )
     limits.add_argument("--cache", metavar="FILE.sqlite", help="answer identical requests from this cache")
     limits.add_argument(
@@ -252,6 +266,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         output=args.output,
         metrics_out=args.metrics_out,
         resume=args.resume,
+        overwrite=args.overwrite,
         stream=args.stream,
         quiet=args.quiet,
         prompts_dirs=args.prompts_dir,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ class RunOptions:
     output: str | None = None
     metrics_out: str | None = None
     resume: bool = False
+    overwrite: bool = False
     stream: bool | None = None
     quiet: bool = False
     prompts_dirs: list[str] = field(default_factory=list)
@@ -99,8 +101,7 @@ async def run_command(options: RunOptions, settings: RunSettings) -> int:
     from chains.prompts_library import PromptLibrary
     from chains.registry import chain_info
 
-    if options.resume and not options.output:
-        raise UsageError("--resume needs --output FILE.jsonl (the records of the run to resume)")
+    _check_output_flags(options)
     library = PromptLibrary(options.prompts_dirs)
     info = chain_info(options.chain, library)
     if options.topics:
@@ -115,6 +116,7 @@ async def run_command(options: RunOptions, settings: RunSettings) -> int:
         fmt = detect_format(options.source)
         rows = read_inputs(options.source, chain=info.name, required=info.required, fmt=fmt)
     try:
+        _check_output_files(options)
         total = count_inputs(options.source, fmt)
         inputs: Any = rows
         if total is None:  # standard input: look ahead two rows to know whether it is a single input
@@ -124,6 +126,29 @@ async def run_command(options: RunOptions, settings: RunSettings) -> int:
         return await _run(options, settings, library, info, inputs, total)
     finally:
         rows.close()
+
+
+def _check_output_flags(options: RunOptions) -> None:
+    if options.resume and not options.output:
+        raise UsageError("--resume needs --output FILE.jsonl (the records of the run to resume)")
+    if options.resume and options.overwrite:
+        raise UsageError("--resume keeps --output's records and --overwrite replaces them; pass one of the two")
+    if options.overwrite and not options.output:
+        raise UsageError("--overwrite needs --output FILE.jsonl (the file to replace)")
+
+
+def _check_output_files(options: RunOptions) -> None:
+    """Before anything is paid for: no output is the input or another output, and --metrics-out is writable."""
+    from chains.sinks import refuse_input_as_output
+
+    refuse_input_as_output("--output", options.output, options.source)
+    refuse_input_as_output("--metrics-out", options.metrics_out, options.source)
+    if options.metrics_out and options.output:
+        refuse_input_as_output("--metrics-out", options.metrics_out, options.output)
+        if Path(options.metrics_out).resolve() == Path(options.output).resolve():
+            raise UsageError(f"--metrics-out {options.metrics_out} is the --output file; pick another file")
+    if options.metrics_out:
+        check_writable(options.metrics_out, "--metrics-out")
 
 
 async def _run(
@@ -148,48 +173,34 @@ async def _run(
 
         stderr = Console(stderr=True)
     session = ModelSession(settings)
-    if not options.quiet:
-        session.announce()
-    sink: Any = None
     interrupted = False
     async with session:
-        await session.check_reachable()
-        chain = get_chain(info.name, session.model, library=library)
-        live = single and stream and not options.quiet
-        callbacks = [live_token_handler()] if live else []
-        key = input_key(info.digest, session.identity, settings.model_overrides())
-        skip = done_keys(options.output) if options.resume and options.output else set()
-        sink = JsonlSink(options.output, append=options.resume) if options.output else (None if live else TextSink())
-        batch = run_batch(
-            chain, inputs, settings=settings, limits=session.limits, callbacks=callbacks, key=key, skip=skip
+        # The output is locked (and checked) before the first request, the reachability probe included.
+        sink: Any = (
+            JsonlSink(options.output, append=options.resume, overwrite=options.overwrite) if options.output else None
         )
-        progress = None if (single or stderr is None) else ProgressDisplay(total, info.name, stderr)
-        stop = _install_signal_handlers()
         try:
-            if progress is not None:
-                progress.__enter__()
-            async for record in batch:
-                if sink is not None:
-                    sink.write(record)
-                if live:
-                    sys.stdout.write("\n" if record.ok else "")
-                    if record.error is not None and stderr is not None:
-                        stderr.print(f"[red]failed[/red]: {record.error['message']}", highlight=False)
-                if progress is not None:
-                    progress.update(record, batch)
-        except asyncio.CancelledError:
-            interrupted = stop.is_set()
-            if not interrupted:
-                raise
+            if not options.quiet:  # after the output checks: a refused run prints its one error line only
+                session.announce()
+            skip = done_keys(options.output) if options.resume and options.output else set()
+            await session.check_reachable()
+            chain = get_chain(info.name, session.model, library=library)
+            live = single and stream and not options.quiet
+            callbacks = [live_token_handler()] if live else []
+            key = input_key(info.digest, session.identity, settings.model_overrides())
+            if sink is None and not live:
+                sink = TextSink()
+            batch = run_batch(
+                chain, inputs, settings=settings, limits=session.limits, callbacks=callbacks, key=key, skip=skip
+            )
+            progress = None if (single or stderr is None) else ProgressDisplay(total, info.name, stderr)
+            interrupted = await _consume(batch, sink, progress, live, stderr)
         finally:
-            if progress is not None:
-                progress.__exit__(None, None, None)
-            _remove_signal_handlers()
             if sink is not None:
                 sink.close()
     summary = batch.summary.finish().to_dict()
     if options.metrics_out:
-        write_json(options.metrics_out, summary)
+        write_json(options.metrics_out, summary, "--metrics-out")
     if stderr is not None:
         print_summary(summary, stderr)
     if interrupted:
@@ -198,11 +209,49 @@ async def _run(
     return EXIT_FAILED if summary["failed"] or summary["not_run"] else EXIT_OK
 
 
-def write_json(path: str, data: Any) -> None:
+async def _consume(batch: Any, sink: Any, progress: Any, live: bool, stderr: Any) -> bool:
+    """Write each record as it finishes; True when Ctrl-C / SIGTERM stopped the run."""
+    stop = _install_signal_handlers()
+    try:
+        if progress is not None:
+            progress.__enter__()
+        async for record in batch:
+            if sink is not None:
+                sink.write(record)
+            if live:
+                sys.stdout.write("\n" if record.ok else "")
+                if record.error is not None and stderr is not None:
+                    stderr.print(f"[red]failed[/red]: {record.error['message']}", highlight=False)
+            if progress is not None:
+                progress.update(record, batch)
+    except asyncio.CancelledError:
+        if not stop.is_set():
+            raise
+        return True
+    finally:
+        if progress is not None:
+            progress.__exit__(None, None, None)
+        _remove_signal_handlers()
+    return False
+
+
+def write_json(path: str, data: Any, flag: str = "--metrics-out") -> None:
     try:
         Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
-        raise UsageError(f"{path}: cannot write ({exc.strerror}); pick a writable path") from exc
+        raise UsageError(f"{flag} {path}: cannot write ({exc.strerror}); pick a writable path") from exc
+
+
+def check_writable(path: str, flag: str) -> None:
+    """Fail now, not after the run is paid for, when ``path`` cannot be written; leave no new file behind."""
+    existed = os.path.lexists(path)
+    try:
+        # O_NONBLOCK: a FIFO with no reader is an error here, not a hang.
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666))
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot write ({exc.strerror}); pick a writable path") from exc
+    if not existed:
+        os.unlink(path)
 
 
 def _install_signal_handlers() -> asyncio.Event:

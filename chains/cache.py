@@ -10,6 +10,7 @@ on the message (``response_metadata["cache_hit"]``) and counted per input.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from pathlib import Path
@@ -21,6 +22,8 @@ from langchain_core.outputs import ChatGeneration, Generation
 
 from chains.errors import UsageError
 from chains.metrics import current_item
+
+logger = logging.getLogger(__name__)
 
 
 def _encode(generations: RETURN_VAL_TYPE) -> str:
@@ -36,16 +39,34 @@ def _encode(generations: RETURN_VAL_TYPE) -> str:
     return json.dumps(items)
 
 
-def _decode(value: str) -> list[Generation]:
-    generations: list[Generation] = []
-    for item in json.loads(value):
-        if "message" in item:
-            generations.append(
-                ChatGeneration(message=AIMessage.model_validate(item["message"]), generation_info=item["info"])
-            )
-        else:
-            generations.append(Generation(text=item["text"], generation_info=item["info"]))
-    return generations
+class CorruptEntry(ValueError):
+    """A cached value that is not the JSON ``_encode`` writes (edited, truncated, another tool's)."""
+
+
+def _decode(value: object) -> list[Generation]:
+    """The generations of a cached value; anything else is ``CorruptEntry`` (a miss, never a failed input)."""
+    try:
+        items = json.loads(value) if isinstance(value, (str, bytes)) else None
+        if not isinstance(items, list) or not items:
+            raise CorruptEntry("not a list of generations")
+        return [_generation(item) for item in items]
+    except CorruptEntry:
+        raise
+    except Exception as exc:  # JSON, pydantic and shape errors alike: the row is unusable, not the run
+        raise CorruptEntry(f"{type(exc).__name__}") from exc
+
+
+def _generation(item: object) -> Generation:
+    if not isinstance(item, dict):
+        raise CorruptEntry("a generation is not an object")
+    info = item.get("info")
+    if info is not None and not isinstance(info, dict):
+        raise CorruptEntry("generation_info is not an object")
+    if "message" in item:
+        return ChatGeneration(message=AIMessage.model_validate(item["message"]), generation_info=info)
+    if not isinstance(item.get("text"), str):
+        raise CorruptEntry("a generation has no text")
+    return Generation(text=item["text"], generation_info=info)
 
 
 class SQLiteCache(BaseCache):
@@ -66,16 +87,17 @@ class SQLiteCache(BaseCache):
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.corrupt = 0
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         with self._lock:
             row = self._db.execute(
                 "SELECT value FROM generations WHERE prompt = ? AND llm = ?", (prompt, llm_string)
             ).fetchone()
-        if row is None:
+        generations = self._decoded(row[0]) if row is not None else None
+        if generations is None:
             self.misses += 1
             return None
-        generations = _decode(row[0])
         for generation in generations:
             if isinstance(generation, ChatGeneration):
                 generation.message.response_metadata["cache_hit"] = True
@@ -84,6 +106,20 @@ class SQLiteCache(BaseCache):
         if item is not None:
             item.cache_hits += 1
         return generations
+
+    def _decoded(self, value: object) -> list[Generation] | None:
+        """The row's generations, or None (a miss: the request is made and the row replaced)."""
+        try:
+            return _decode(value)
+        except CorruptEntry:
+            self.corrupt += 1
+            if self.corrupt == 1:  # one warning per run, not one per row
+                logger.warning(
+                    "--cache %s: an entry is not one chain-runner wrote (corrupt or edited); "
+                    "such entries are treated as misses, requested again and replaced",
+                    self.path,
+                )
+            return None
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         value = _encode(return_val)

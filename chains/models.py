@@ -21,6 +21,7 @@ from chains.errors import ModelConfigError
 from chains.limits import Limits
 from chains.managed import ManagedChatModel
 from chains.pricing import PriceTable
+from chains.resume import model_identity
 from chains.settings import DEFAULT_OPENAI_MODEL, FAKE_MODEL, RunSettings
 
 _SPEC = re.compile(r"^(?P<provider>[a-z][a-z0-9_-]*):(?P<name>\S+)$")
@@ -76,7 +77,9 @@ def _create_openai(spec: ModelSpec, settings: RunSettings, http_client: Any) -> 
         "base_url": settings.base_url,
         "max_retries": 0,  # the runner is the one retry layer
         "timeout": settings.timeout,
-        "stream_chunk_timeout": settings.timeout,  # a stream that stalls this long is a failed attempt
+        # No per-chunk timeout: the managed model bounds each attempt as a whole (chains/deadline.py), and
+        # langchain-openai's per-chunk asyncio.wait_for swallows that deadline's cancellation on Python 3.11.
+        "stream_chunk_timeout": None,
         "stream_usage": True,  # also for custom base URLs, where it is off by default
         "http_async_client": http_client,  # our pool: one per run, sized to --max-concurrency
         # The sync client is never used; without this langchain-openai would build one with
@@ -215,8 +218,8 @@ class ModelSession:
 
     @property
     def identity(self) -> str:
-        """The model and endpoint, as part of resume keys."""
-        return f"{self.spec}@{self.settings.base_url}" if self.settings.base_url else str(self.spec)
+        """The model and its normalised endpoint, as part of resume keys (see ``chains.resume.model_identity``)."""
+        return model_identity(str(self.spec), self.settings.base_url)
 
     def announce(self, stream: TextIO | None = None) -> None:
         """Print the one-line notice (e.g. offline model chosen) if there is one."""

@@ -8,10 +8,12 @@ unknown, and ``--max-cost`` refuses to run them rather than guess.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 from chains.errors import BudgetExceededError, UsageError
 
@@ -56,31 +58,119 @@ class PriceTable:
         return (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
 
 
+MAX_PRICES_BYTES = 256 * 1024
+"""A price table is a few kilobytes; anything much larger is the wrong file."""
+
+_SHAPE = '{"model": {"input": USD, "output": USD}} per 1M tokens'
+
+
 def _read_prices(path: str) -> dict[str, tuple[float, float]]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_PRICES_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"--prices {path}: cannot read ({exc.strerror}); check the path") from exc
-    try:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
+    return parse_prices(data, path)
 
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:
-        raise UsageError(f"--prices {path}: not valid JSON/YAML ({exc}); fix the file") from exc
-    if not isinstance(data, Mapping):
-        raise UsageError(f'--prices {path}: expected {{"model": {{"input": USD, "output": USD}}}} per 1M tokens')
-    prices: dict[str, tuple[float, float]] = {}
-    for model, entry in data.items():
+
+def parse_prices(data: bytes, path: str) -> dict[str, tuple[float, float]]:
+    """The entries of a price file's bytes; any problem is one ``UsageError`` naming the file (and the entry).
+
+    Prices must be finite and >= 0: a NaN would switch ``--max-cost`` off silently (every
+    comparison with it is false) and write ``NaN`` (not JSON) into the records.
+    """
+    if len(data) > MAX_PRICES_BYTES:
+        raise UsageError(f"--prices {path}: larger than {MAX_PRICES_BYTES // 1024} KiB; is it the right file?")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--prices {path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    table = _load_yaml(text, path) if path.endswith((".yaml", ".yml")) else _load_json(text, path)
+    if not isinstance(table, Mapping):
+        raise UsageError(f"--prices {path}: expected {_SHAPE}")
+    return {_name(model): _entry(path, model, entry) for model, entry in table.items()}
+
+
+def _load_json(text: str, path: str) -> object:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"--prices {path}: not valid JSON ({_first_line(exc)}); fix the file") from None
+
+
+def _load_yaml(text: str, path: str) -> object:
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_strict_loader())  # a SafeLoader: plain data only
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:
+        raise UsageError(f"--prices {path}: not valid YAML ({_first_line(exc)}); fix the file") from None
+
+
+MAX_NUMBER_CHARS = 64
+"""YAML 1.1 reads ``1:2:3`` as a base-60 number, in time quadratic in its length: refuse long ones."""
+
+
+@functools.cache
+def _strict_loader() -> type:
+    """PyYAML's SafeLoader without aliases or long numbers: bounded time and memory for any file."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            # Aliases let a few bytes expand to gigabytes ("billion laughs"); a price table needs none.
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.YAMLError("YAML aliases (*name) are not allowed in a price file; write the values out")
+            return super().compose_node(parent, index)
+
+    def bounded(construct: Any) -> Any:
+        def build(loader: Any, node: Any) -> Any:
+            if len(node.value) > MAX_NUMBER_CHARS:
+                raise yaml.YAMLError(f"a number longer than {MAX_NUMBER_CHARS} characters")
+            return construct(loader, node)
+
+        return build
+
+    StrictLoader.add_constructor("tag:yaml.org,2002:int", bounded(yaml.SafeLoader.construct_yaml_int))
+    StrictLoader.add_constructor("tag:yaml.org,2002:float", bounded(yaml.SafeLoader.construct_yaml_float))
+    return StrictLoader
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return "a number too large"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _name(model: object) -> str:
+    return model if isinstance(model, str) else json.dumps(model, default=str)
+
+
+def _entry(path: str, model: object, entry: object) -> tuple[float, float]:
+    where = f"--prices {path}: entry {_name(model)[:80]!r}"
+    if not isinstance(entry, Mapping) or "input" not in entry or "output" not in entry:
+        raise UsageError(f"{where} needs numeric 'input' and 'output' (USD per 1M tokens)")
+    return _price(where, "input", entry["input"]), _price(where, "output", entry["output"])
+
+
+def _price(where: str, side: str, value: object) -> float:
+    number: float | None = None
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
-            prices[str(model)] = (float(entry["input"]), float(entry["output"]))
-        except (TypeError, KeyError, ValueError):
-            raise UsageError(
-                f"--prices {path}: entry {model!r} needs numeric 'input' and 'output' (USD per 1M tokens)"
-            ) from None
-    return prices
+            number = float(value)
+        except (ValueError, OverflowError):
+            number = None
+    if number is None or not math.isfinite(number) or number < 0:
+        raise UsageError(
+            f"{where}: {side} must be a finite number >= 0 (USD per 1M tokens), got {_shown(value)}; fix it"
+        )
+    return number
 
 
 @dataclass

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from chains.errors import UsageError
 from chains.execution import Record
+
+logger = logging.getLogger(__name__)
 
 
 def record_line(record: Record) -> str:
@@ -18,34 +22,71 @@ def record_line(record: Record) -> str:
 class JsonlSink:
     """One JSON line per record, appended and flushed as each input finishes.
 
-    A crash loses at most the inputs still in flight, never a written record.
+    A crash loses at most the inputs still in flight, never a written record.  The file is
+    held under an exclusive lock for the whole run, taken when the sink opens (before any
+    request): a second run on the same file is refused instead of interleaving its records
+    and paying for the same inputs again.  Without ``append`` a file that already holds
+    records is refused unless ``overwrite``; it is emptied only when the first record is
+    written, so a run that fails before its first record leaves the old records as they were.
     """
 
-    def __init__(self, path: str | Path, *, append: bool = False) -> None:
+    def __init__(self, path: str | Path, *, append: bool = False, overwrite: bool = False) -> None:
         self.path = Path(path)
+        self.label = str(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            torn = append and self.path.exists() and not _ends_with_newline(self.path)
-            self._file = self.path.open("a" if append else "w", encoding="utf-8")
-            if torn:  # a crash cut the last record short: start ours on a line of its own
-                self._file.write("\n")
+            self._file = self.path.open("a", encoding="utf-8")  # never truncates: the lock comes first
         except OSError as exc:
             raise UsageError(f"--output {path}: cannot write ({exc.strerror}); pick a writable path") from exc
+        try:
+            _lock(self._file, self.label)
+            size = os.fstat(self._file.fileno()).st_size
+            if size and not append and not overwrite:
+                raise UsageError(
+                    f"--output {path} already holds records ({size:,} bytes); pass --resume to continue that run, "
+                    "--overwrite to replace them, or pick a new file"
+                )
+            self._truncate = bool(size) and not append
+            if append and size and not _ends_with_newline(self.path):
+                self._file.write("\n")  # a crash cut the last record short: start ours on a line of its own
+        except BaseException:
+            self._file.close()
+            raise
         self.written = 0
 
     def write(self, record: Record) -> None:
+        if self._truncate:  # --overwrite: the old records go only once a new one replaces them
+            self._file.truncate(0)
+            self._truncate = False
         self._file.write(record_line(record))
         self._file.flush()
         self.written += 1
 
     def close(self) -> None:
-        self._file.close()
+        self._file.close()  # releases the lock
 
     def __enter__(self) -> JsonlSink:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _lock(handle: IO[str], label: str) -> None:
+    """An exclusive, non-blocking lock on the open file, held until it is closed."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UsageError(
+            f"--output {label} is in use by another run (it holds the file's lock); "
+            "wait for that run to finish, or pick another file"
+        ) from None
+    except OSError as exc:  # a filesystem without locks (some network mounts): run, but say so
+        logger.warning("--output %s: cannot lock it (%s); do not start another run on it", label, exc.strerror)
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -55,6 +96,20 @@ def _ends_with_newline(path: Path) -> bool:
             return True
         handle.seek(-1, 2)
         return handle.read(1) == b"\n"
+
+
+def refuse_input_as_output(flag: str, path: str | None, source: str) -> None:
+    """``flag``'s file must not be the input file (the same path, a symlink or a hard link to it)."""
+    if not path or source == "-" or not _same_file(path, source):
+        return
+    raise UsageError(f"{flag} {path} is the input file {source}; the run would read its own records: pick another file")
+
+
+def _same_file(one: str, other: str) -> bool:
+    try:
+        return os.path.samefile(one, other)
+    except (OSError, ValueError):  # one of them does not exist (yet): not the same file
+        return False
 
 
 def input_label(value: Any, width: int = 60) -> str:

@@ -89,7 +89,7 @@ def test_run_with_jsonl_csv_and_plain_lines(tmp_path: Path) -> None:
         ("translate", "--input", "in.csv"),
         ("summarize", "--input", "in.txt"),
     ):
-        assert runner.main(["run", *args, "-q", "--output", "out.jsonl"]) == 0
+        assert runner.main(["run", *args, "-q", "--output", "out.jsonl", "--overwrite"]) == 0
         records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
         assert records and all(r["error"] is None for r in records)
 
