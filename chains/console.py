@@ -10,30 +10,60 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Column, Table
 
 from chains.execution import BatchRun, Record
 
+_BAR_MIN = 5
+_SHOWN_WAIT_S = 0.05
+"""Waits shorter than this are the time to take a free slot, not a rate limit: not shown."""
+
+
+def rate_text(per_s: float, unit: str) -> str:
+    """A rate with the precision it deserves: ``0.25 items/s``, ``4.2 items/s``, ``1,234 items/s``."""
+    if per_s >= 100:
+        return f"{per_s:,.0f} {unit}"
+    if per_s >= 10:
+        return f"{per_s:.1f} {unit}"
+    return f"{per_s:.2g} {unit}" if per_s >= 0.01 else f"0 {unit}"
+
+
+def clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def fit(parts: list[str], room: int, sep: str = " · ") -> str:
+    """As many of ``parts`` (most important first) as fit in ``room`` characters."""
+    kept: list[str] = []
+    for part in parts:
+        if len(sep.join([*kept, part])) > room:
+            break
+        kept.append(part)
+    return sep.join(kept)
+
 
 class ProgressDisplay:
-    """done / failed / in flight, tokens per second and ETA, on stderr."""
+    """done/total and ETA first, then elapsed time, items/s, failures, in flight and tokens per second,
+    on stderr; what does not fit the terminal's width is left out, least important first, so that
+    done/total and ETA stay on one line even at 60 columns."""
 
     def __init__(self, total: int | None, label: str, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
+        self.total = total
+        self.label = label if len(label) <= 16 else label[:15] + "…"
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(
-                "failed {task.fields[failed]} · in flight {task.fields[in_flight]} · "
-                "{task.fields[tps]} tok/s · waited {task.fields[wait]}s"
-            ),
-            TimeRemainingColumn(),
+            TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=_BAR_MIN)),
+            MofNCompleteColumn(table_column=Column(no_wrap=True)),
+            TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True)),
             console=self.console,
             transient=False,
+            expand=True,
         )
-        self.task = self.progress.add_task(label, total=total, failed=0, in_flight=0, tps="0", wait="0")
+        self.task = self.progress.add_task(self.label, total=total, info="")
         self._started = time.perf_counter()
 
     def __enter__(self) -> ProgressDisplay:
@@ -43,17 +73,33 @@ class ProgressDisplay:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def update(self, record: Record, batch: BatchRun) -> None:
+    def info(self, batch: BatchRun, done: int) -> str:
         summary = batch.summary
         elapsed = max(1e-9, time.perf_counter() - self._started)
-        self.progress.update(
-            self.task,
-            completed=summary.done + summary.skipped + summary.not_run,
-            failed=summary.failed,
-            in_flight=batch.in_flight,
-            tps=f"{summary.output_tokens / elapsed:,.0f}",
-            wait=f"{summary.wait_s:.1f}",
-        )
+        ran = summary.done
+        per_s = ran / elapsed
+        parts = []
+        if self.total is not None and done < self.total:
+            parts.append(f"ETA {clock((self.total - done) / per_s)}" if per_s > 0 else "ETA –")
+        parts.append(clock(elapsed))
+        parts.append(rate_text(per_s, "items/s"))
+        if summary.failed:
+            parts.append(f"failed {summary.failed:,}")
+        if summary.not_run:
+            parts.append(f"not run {summary.not_run:,}")
+        parts.append(f"in flight {batch.in_flight}")
+        if summary.output_tokens:
+            parts.append(rate_text(summary.output_tokens / elapsed, "tok/s"))
+        if summary.wait_s >= _SHOWN_WAIT_S:
+            parts.append(f"waited {summary.wait_s:.1f}s")
+        total = f"{self.total:,}" if self.total is not None else "?"
+        fixed = len(self.label) + _BAR_MIN + len(f"{done}/{total}") + 3  # three column gaps
+        return fit(parts, self.console.width - fixed - 1)
+
+    def update(self, record: Record, batch: BatchRun) -> None:
+        summary = batch.summary
+        done = summary.done + summary.skipped + summary.not_run + summary.cancelled
+        self.progress.update(self.task, completed=done, info=self.info(batch, done))
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -65,27 +111,34 @@ def _fmt(value: Any, unit: str = "") -> str:
 
 
 def summary_table(summary: dict[str, Any], title: str = "run summary") -> Table:
+    """The summary as a table; rows that do not apply to this run (no streaming, so no time to
+    first token; no successes, so no latency) are left out rather than shown as ``– / –``."""
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
     estimated = " (estimated)" if summary.get("tokens_estimated") else ""
-    rows = [
-        ("items ok / failed", f"{summary['ok']:,} / {summary['failed']:,}"),
-        ("wall time", _fmt(summary["wall_s"], " s")),
-        ("throughput", _fmt(summary["items_per_s"], " items/s")),
-        ("tokens in / out" + estimated, f"{summary['input_tokens']:,} / {summary['output_tokens']:,}"),
-        ("output tokens/s", _fmt(summary["output_tokens_per_s"])),
-        ("latency p50 / p95", f"{_fmt(summary['latency_p50_s'])} / {_fmt(summary['latency_p95_s'])} s"),
-        ("time to first token p50 / p95", f"{_fmt(summary['ttft_p50_s'])} / {_fmt(summary['ttft_p95_s'])} s"),
-        ("retries", _fmt(summary["retries"])),
-        ("rate-limit wait", _fmt(summary["rate_limit_wait_s"], " s")),
-    ]
-    if summary.get("cancelled"):
-        rows.insert(1, ("cancelled", _fmt(summary["cancelled"])))
-    if summary.get("not_run"):
-        rows.insert(1, ("not run (--max-cost reached)", _fmt(summary["not_run"])))
+    rows = [("items ok / failed", f"{summary['ok']:,} / {summary['failed']:,}")]
     if summary.get("skipped"):
-        rows.insert(1, ("skipped (already done)", _fmt(summary["skipped"])))
+        rows.append(("skipped (already done)", _fmt(summary["skipped"])))
+    if summary.get("not_run"):
+        rows.append(("not run", _fmt(summary["not_run"])))
+    if summary.get("cancelled"):
+        rows.append(("cancelled", _fmt(summary["cancelled"])))
+    rows += [
+        ("wall time", _fmt(summary["wall_s"], " s")),
+        ("throughput", rate_text(summary["items_per_s"] or 0.0, "items/s")),
+        ("tokens in / out" + estimated, f"{summary['input_tokens']:,} / {summary['output_tokens']:,}"),
+        ("output tokens/s", rate_text(summary["output_tokens_per_s"] or 0.0, "tok/s")),
+    ]
+    if summary.get("latency_p50_s") is not None:
+        rows.append(("latency p50 / p95", f"{_fmt(summary['latency_p50_s'])} / {_fmt(summary['latency_p95_s'])} s"))
+    if summary.get("ttft_p50_s") is not None:
+        rows.append(
+            ("time to first token p50 / p95", f"{_fmt(summary['ttft_p50_s'])} / {_fmt(summary['ttft_p95_s'])} s")
+        )
+    rows.append(("retries", _fmt(summary["retries"])))
+    if (summary.get("rate_limit_wait_s") or 0.0) >= _SHOWN_WAIT_S:
+        rows.append(("rate-limit wait", _fmt(summary["rate_limit_wait_s"], " s")))
     if summary.get("cache_hits"):
         rows.append(("cache hits", _fmt(summary["cache_hits"])))
     if summary.get("cost_usd"):
