@@ -640,6 +640,7 @@ class Suite:
             str(sc.concurrency),
             "--output",
             str(output),
+            "--overwrite",
             "-q",
             "--stream" if sc.stream else "--no-stream",
         )
@@ -717,7 +718,16 @@ class Suite:
             return None if state["first"] is None else 0.05  # fine-grained until the first record
 
         argv = self.python(
-            str(RUNNER), "story", "--topics", str(topics), "--model", "fake", "--output", str(output), "-q"
+            str(RUNNER),
+            "story",
+            "--topics",
+            str(topics),
+            "--model",
+            "fake",
+            "--output",
+            str(output),
+            "--overwrite",
+            "-q",
         )
         proc = run_process(argv, env=self.env, timeout=self.timeout * 2, on_sample=on_sample, sample_interval=0.005)
         lines = errors = 0
@@ -763,7 +773,18 @@ class Suite:
             "runner.py list": ([str(RUNNER), "list"], 0.5),
             "runner.py show story": ([str(RUNNER), "show", "story"], 0.5),
             "runner.py story (5 topics, offline)": (
-                [str(RUNNER), "story", "--topics", str(topics), "--model", "fake", "--output", str(output), "-q"],
+                [
+                    str(RUNNER),
+                    "story",
+                    "--topics",
+                    str(topics),
+                    "--model",
+                    "fake",
+                    "--output",
+                    str(output),
+                    "--overwrite",
+                    "-q",
+                ],
                 1.5,
             ),
             "python -c pass": (["-c", "pass"], None),
