@@ -101,8 +101,8 @@ def _error_text(exc: BaseException) -> str:
 
 
 # A 5xx whose body says the request itself is invalid cannot succeed on retry (llama.cpp answers an
-# unsupported response_format with a 500 carrying pydantic's "1 validation error for ...").
-_REQUEST_INVALID = re.compile(r"invalid_request_error|\bvalidation errors? for\b", re.IGNORECASE)
+# unsupported response_format with a 500 carrying pydantic's "1 validation error: ...").
+_REQUEST_INVALID = re.compile(r"invalid_request_error|\b\d+ validation errors?\b", re.IGNORECASE)
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

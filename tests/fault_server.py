@@ -935,9 +935,10 @@ class FaultServer:
         """The answers that are not answers (see ``_ODD_KINDS``)."""
         stream = entry["stream"]
         if rule.kind == "validation_500":  # what llama-cpp-python's server says to a json_schema response_format
-            message = rule.message or (
-                "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input should be "
-                "'text' or 'json_object' [type=literal_error, input_value='json_schema', input_type=str]"
+            message = rule.message or (  # word for word what llama-cpp-python 0.3 sends
+                "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+                "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', "
+                "'ctx': {'expected': \"'text' or 'json_object'\"}}\n"
             )
             payload = _error_body(message, rule.error_type or "internal_server_error", None)
             return await self._send(request, entry, 500, payload, headers)

@@ -151,7 +151,11 @@ def test_backoff_has_a_floor_of_three_quarters_of_its_step(attempt: int) -> None
         (429, None, True),
         (503, None, True),
         (500, {"error": {"message": "boom", "type": "server_error"}}, True),
-        (500, {"error": {"message": "1 validation error for CreateChatCompletionRequest", "type": "x"}}, False),
+        (
+            500,
+            {"error": {"message": "1 validation error:\n  {'type': 'literal_error'}", "type": "internal_server_error"}},
+            False,
+        ),
         (500, {"error": {"message": "bad", "type": "invalid_request_error"}}, False),
         (400, {"error": {"message": "too long", "code": "context_length_exceeded"}}, False),
         (401, None, False),

@@ -307,3 +307,18 @@ async def test_run_batch_prompt_only_chain_usage_equals_the_servers(wire: Record
         assert (record.metrics.input_tokens, record.metrics.output_tokens) == server_usage([exchange])
     summary = batch.summary.to_dict()
     assert summary["ok"] == 3 and (summary["input_tokens"], summary["output_tokens"]) == server_usage(wire.chat())
+
+
+def test_a_json_chain_on_llama_cpp_fails_at_once_without_retries(wire: RecordingProxy, tmp_path: Path) -> None:
+    """llama.cpp answers response_format json_schema with a 500 that is a validation error: retrying
+    it can never help, so each input fails after one request with a message that says why."""
+    (tmp_path / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    result = run_on_server(wire, "run", "keywords", "--input", "texts.jsonl", "--max-retries", "5")
+    assert result.returncode == 1, result.stderr
+    records = read_records(tmp_path / "out.jsonl")
+    assert len(records) == len(TEXTS)
+    for record in records:
+        error = record["error"]
+        assert error is not None and error["status"] == 500 and error["attempts"] == 1, error
+        assert "response_format" in error["message"] and "try again later" not in error["message"], error
+    assert len(wire.chat()) == len(TEXTS), "a request the server calls invalid was retried"
