@@ -14,6 +14,7 @@ import argparse
 import logging
 import math
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -311,10 +312,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_interrupts() -> None:
+    """Until a command takes SIGTERM over, it is a Ctrl-C ("interrupted", exit 130), not a silent exit 143."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main_entry() -> None:
+    _sigterm_interrupts()
     sys.exit(main())
 
 
 if __name__ == "__main__":
+    _sigterm_interrupts()
     os.environ.setdefault("PYTHONIOENCODING", "utf-8")
     sys.exit(main())

@@ -10,6 +10,8 @@ route per chain, with request and response models built from the chain's
 declared inputs, so ``/docs`` shows them), ``GET /healthz`` and ``GET /metrics``.
 A client that disconnects cancels its upstream model request.  Each finished
 input is logged as one JSONL line in a background task after the response.
+On SIGTERM, open streams run on for ``--grace`` seconds, then get an ``error``
+event saying the server is stopping; ``serve`` then exits 130, like the CLI.
 """
 
 # No ``from __future__ import annotations``: the per-chain routes annotate their
@@ -21,14 +23,18 @@ import json
 import logging
 import math
 import os
+import re
+import signal
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import aclosing, asynccontextmanager
-from datetime import datetime, timezone
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import aclosing, asynccontextmanager, contextmanager
+from datetime import UTC, datetime
 from enum import Enum
 from http import HTTPStatus
-from typing import Any, TypeVar, cast
+from types import FrameType
+from typing import Annotated, Any, TypeVar, cast
 
+import uvicorn
 from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -37,7 +43,8 @@ from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic_core import PydanticCustomError
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -56,6 +63,12 @@ from chains.settings import RunSettings
 log = logging.getLogger("chains.server")
 T = TypeVar("T")
 DEFAULT_RETRY_AFTER_S = 5
+FAREWELL_S = 0.5  # an open stream is told the server is stopping this long before --grace ends
+SHUTTING_DOWN = {
+    "type": "ServiceUnavailable",
+    "message": "the server is shutting down and stopped this stream before it finished; retry the request",
+    "status": 503,
+}
 
 
 class PayloadTooLarge(ChainRunnerError):
@@ -114,8 +127,49 @@ class BatchOut(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (401, 402, 404, 413, 422, 500, 502, 503)
+    code: {"model": ErrorOut} for code in (400, 401, 402, 404, 413, 422, 500, 502, 503)
 }
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_A_KEY = object()  # in a path: the item is a key of the dict, not one of its values
+
+
+def _well_formed(value: Any) -> Any:
+    """Rejects text with a lone surrogate (JSON ``"\\ud800"``): valid JSON, but no UTF-8 encoder can write
+    it, so the provider request, the response and the log would each fail on it later."""
+    # A loop, not recursion (no nesting depth overflows it); each item keeps a link to its parent so
+    # that the path to it is only built for the error.
+    stack: list[tuple[Any, Any]] = [(value, None)]
+    while stack:
+        item, link = stack.pop()
+        if isinstance(item, str):
+            if bad := _SURROGATE.search(item):
+                where = f"in {_path(link)} " if link else ""
+                raise PydanticCustomError(
+                    "lone_surrogate",
+                    "not valid Unicode (lone surrogate) {where}at character {at} ({code}); send well-formed UTF-8 text",
+                    {"where": where, "at": bad.start(), "code": ascii(bad[0])},
+                )
+        elif isinstance(item, dict):
+            stack += [(k, (link, _A_KEY)) for k in item]
+            stack += [(v, (link, k)) for k, v in item.items()]
+        elif isinstance(item, list):
+            stack += [(v, (link, i)) for i, v in enumerate(item)]
+    return value
+
+
+def _path(link: Any) -> str:
+    parts: list[str] = []
+    while link is not None:
+        link, part = link
+        parts.append(" (a key)" if part is _A_KEY else f"[{ascii(part) if isinstance(part, str) else part}]")
+    path = "".join(reversed(parts))
+    return path if len(path) <= 60 else "..." + path[-60:]  # one line, however deep the nesting
+
+
+# Every input a client sends: any JSON value, as long as its text is well-formed.
+_InputValue = Annotated[Any, AfterValidator(_well_formed)]
 
 
 def _camel(name: str) -> str:
@@ -127,9 +181,9 @@ def _chain_models(info: ChainInfo) -> tuple[type[BaseModel], ...]:
     # Fields are aliased so a variable called e.g. ``json`` cannot clash with BaseModel.
     fields: dict[str, Any] = {}
     for i, var in enumerate(info.required):
-        fields[f"v{i}"] = (Any, Field(..., alias=var, title=var, description="required input"))
+        fields[f"v{i}"] = (_InputValue, Field(..., alias=var, title=var, description="required input"))
     for i, var in enumerate(info.optional):
-        fields[f"o{i}"] = (Any, Field(None, alias=var, title=var, description="optional: has a default"))
+        fields[f"o{i}"] = (_InputValue, Field(None, alias=var, title=var, description="optional: has a default"))
     camel = _camel(info.name)
     strict = ConfigDict(extra="forbid")
     inputs = create_model(f"{camel}Input", __config__=strict, **fields)
@@ -188,6 +242,46 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
+async def _until_stopped(source: AsyncIterator[T], stopping: asyncio.Event, after: float) -> AsyncIterator[T | None]:
+    """``source``'s items until ``after`` seconds past ``stopping``; then one ``None``, and ``source`` is closed.
+
+    A stream still open when the shutdown grace ends is cancelled by uvicorn mid-sentence; stopping it
+    a moment before lets the caller tell the client why.  ``source`` is read by a task of its own so
+    that waiting for its next item never holds up the deadline.
+    """
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async with aclosing(cast(AsyncGenerator[T, None], source)) as items:
+                async for item in items:
+                    queue.put_nowait(("item", item))
+            queue.put_nowait(("end", None))
+        except Exception as exc:
+            queue.put_nowait(("error", exc))
+
+    async def deadline() -> None:
+        await stopping.wait()
+        await asyncio.sleep(after)
+        queue.put_nowait(("stop", None))
+
+    tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(deadline())]
+    try:
+        while True:
+            kind, item = await queue.get()
+            if kind == "error":
+                raise item
+            if kind == "end":
+                return
+            yield item  # None when the deadline has come
+            if kind == "stop":
+                return
+    finally:
+        for task in tasks:
+            task.cancel()  # cancels the source's model request, if it is still running
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _library_error(error: dict[str, Any]) -> int | None:
     """The HTTP status of an error record whose type is one of ``chains.errors``."""
     known = getattr(errors, str(error.get("type")), None)
@@ -196,10 +290,19 @@ def _library_error(error: dict[str, Any]) -> int | None:
     return None
 
 
+class _JSONResponse(JSONResponse):
+    """Error JSON that can always be sent: a lone surrogate (say, in an unknown field's name) is written
+    as the JSON escape ``\\ud800`` instead of failing the UTF-8 encoding."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+        return text.encode("utf-8", "backslashreplace")  # surrogates only occur inside JSON strings
+
+
 def _error_json(
     status: int, type_: str, message: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
-    return JSONResponse({"error": {"type": type_, "message": message, **extra}}, status_code=status, headers=headers)
+    return _JSONResponse({"error": {"type": type_, "message": message, **extra}}, status_code=status, headers=headers)
 
 
 def _where(loc: Sequence[Any]) -> str:
@@ -220,7 +323,8 @@ class _JsonlLog:
 
     def open(self) -> None:
         if self.path:
-            self._file = open(self.path, "a", encoding="utf-8")  # closed at shutdown
+            # closed at shutdown; a lone surrogate is written as the JSON escape \ud800 (it can only be in a string)
+            self._file = open(self.path, "a", encoding="utf-8", errors="backslashreplace")
 
     def write(self, entries: list[dict[str, Any]]) -> None:
         text = "".join(self.redact(json.dumps(e, ensure_ascii=False, default=str)) + "\n" for e in entries)
@@ -239,17 +343,28 @@ class _JsonlLog:
 # ----------------------------------------------------------------------------- middleware
 
 
+def _bearer_key(header: bytes) -> bytes | None:
+    """The key of an ``Authorization: Bearer <key>`` header, else None.
+
+    The scheme is matched in any case (RFC 7235: ``bearer``, ``BEARER``) and any spaces may follow it."""
+    scheme, space, key = header.partition(b" ")
+    if not space or scheme.lower() != b"bearer":
+        return None
+    return key.lstrip(b" ")
+
+
 class _AuthMiddleware:
-    """``Authorization: Bearer <key>`` on every route but ``/healthz`` (constant-time check)."""
+    """``Authorization: Bearer <key>`` on every route but ``/healthz`` (constant-time check of the key)."""
 
     def __init__(self, app: ASGIApp, key: str) -> None:
         self.app = app
-        self.expected = f"Bearer {key}".encode()
+        self.expected = key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] != "/healthz":
-            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-            if not hmac.compare_digest(given, self.expected):
+            header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            given = _bearer_key(header)
+            if given is None or not hmac.compare_digest(given, self.expected):
                 response = _error_json(
                     401,
                     "Unauthorized",
@@ -321,6 +436,8 @@ class _Service:
         self.log = _JsonlLog(log_path, self.redact)
         self.session: ModelSession | None = None
         self._chains: dict[tuple[str, bool], Runnable[Any, Any]] = {}
+        self.stopping = asyncio.Event()  # set when the server starts to shut down
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def redact(self, text: str) -> str:
         for secret in self.secrets:
@@ -329,6 +446,7 @@ class _Service:
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        self._loop = asyncio.get_running_loop()
         self.session = ModelSession(self.settings)
         if self.session.notice:
             log.info(self.session.notice)  # ``serve`` has printed it already
@@ -341,6 +459,11 @@ class _Service:
             self._chains.clear()
             await session.aclose()
             self.log.close()
+
+    def begin_shutdown(self) -> None:
+        """Open streams get ``grace`` seconds from now.  Safe to call from a signal handler."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.stopping.set)
 
     def _session(self) -> ModelSession:
         if self.session is None:
@@ -365,7 +488,7 @@ class _Service:
 
     def error_response(self, exc: BaseException | None, error: dict[str, Any]) -> JSONResponse:
         status, headers, body = self.describe_error(exc, error)
-        return JSONResponse({"error": body}, status_code=status, headers=headers)
+        return _JSONResponse({"error": body}, status_code=status, headers=headers)
 
     def describe_error(
         self, exc: BaseException | None, error: dict[str, Any]
@@ -392,7 +515,7 @@ class _Service:
         m = record.metrics if record is not None else None
         status = "cancelled" if m is None or record is None else outcome(record)
         return {
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "chain": chain,
             "endpoint": endpoint,
             "index": record.index if record is not None else 0,
@@ -469,9 +592,15 @@ class _Service:
 
         async def events() -> AsyncIterator[dict[str, str]]:
             try:
-                events_of = cast(AsyncGenerator[StreamEvent, None], stream_one(chain, value, **kwargs))
-                async with aclosing(events_of) as stream:
+                events_of = _until_stopped(
+                    stream_one(chain, value, **kwargs), self.stopping, max(0.0, self.grace - FAREWELL_S)
+                )
+                async with aclosing(cast(AsyncGenerator[StreamEvent | None, None], events_of)) as stream:
                     async for event in stream:
+                        if event is None:  # the grace period is nearly over: say why the stream ends
+                            yield {"event": "error", "data": json.dumps(SHUTTING_DOWN)}
+                            self.metrics.count_cancelled(name, "stream")
+                            return
                         if event.kind in ("token", "discard"):
                             yield {"event": event.kind, "data": json.dumps({"text": event.text})}
                         elif event.kind == "end" and event.record is not None:
@@ -493,9 +622,8 @@ class _Service:
             if self.log.path:
                 self.log.write([self.entry(name, "stream", value, done[0] if done else None)])
 
-        return EventSourceResponse(
-            events(), background=BackgroundTask(write_log), shutdown_grace_period=max(0.0, self.grace - 0.5)
-        )
+        # sse-starlette's own drain on shutdown stays as a backstop, after ours.
+        return EventSourceResponse(events(), background=BackgroundTask(write_log), shutdown_grace_period=self.grace)
 
 
 async def _collect(batch: Any) -> list[Record]:
@@ -577,6 +705,8 @@ def create_app(
                 problems.append(f"{where}: missing required field")
             elif err["type"] == "extra_forbidden":
                 problems.append(f"{where}: unknown field")
+            elif err["type"] == "string_unicode":  # pydantic's own check, e.g. of a field's name
+                problems.append(f"{where}: a field name is not valid Unicode (lone surrogate); send well-formed UTF-8")
             else:
                 problems.append(f"{where}: {err['msg']}")
         parts = request.url.path.split("/")
@@ -590,7 +720,10 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         phrase = HTTPStatus(exc.status_code).phrase.replace(" ", "")
-        return _error_json(exc.status_code, phrase, str(exc.detail), headers=dict(exc.headers or {}))
+        detail = str(exc.detail)
+        if exc.status_code == 400 and detail == "There was an error parsing the body":  # FastAPI's words
+            detail = "the request body cannot be read as JSON (not UTF-8, or nested too deeply); send a JSON object"
+        return _error_json(exc.status_code, phrase, detail, headers=dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
@@ -655,6 +788,40 @@ def _add_chain_routes(
 # ----------------------------------------------------------------------------- serving
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also tells the service the moment a shutdown signal arrives: open streams
+    are then stopped, with a reason, before uvicorn's graceful-shutdown timeout cuts them."""
+
+    def __init__(self, config: uvicorn.Config, service: _Service) -> None:
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self.service.begin_shutdown()
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM is an interrupt, like Ctrl-C: a ``KeyboardInterrupt``, which the CLI reports as one line, exit 130.
+
+    uvicorn handles the signal while it serves and raises it again after its graceful shutdown; with
+    SIGTERM's default action that (like a SIGTERM before uvicorn starts) ended the process, status 143.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 async def serve(
     settings: RunSettings,
     *,
@@ -665,28 +832,28 @@ async def serve(
     grace: float = 10.0,
     quiet: bool = False,
 ) -> int:
-    """Run the app under uvicorn until SIGTERM/SIGINT; in-flight requests get ``grace`` seconds."""
-    import uvicorn
-
-    probe = ModelSession(settings)  # a bad --model / missing key fails here, as one line
-    if not quiet:
-        probe.announce()
-    await probe.aclose()
-    if log_path:
-        try:
-            open(log_path, "a", encoding="utf-8").close()  # noqa: ASYNC230 - once, before serving
-        except OSError as exc:
-            raise UsageError(f"--log {log_path}: cannot write ({exc.strerror}); check the directory") from exc
-    app = create_app(settings, api_key=api_key, log_path=log_path, grace=grace)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        timeout_graceful_shutdown=math.ceil(grace),
-        server_header=False,
-        log_level="warning" if quiet else "info",
-        access_log=not quiet,
-    )
-    server = uvicorn.Server(config)
-    await server.serve()
-    return 0 if server.started else 1
+    """Run the app under uvicorn until SIGTERM/SIGINT (then ``KeyboardInterrupt``); in-flight requests get
+    ``grace`` seconds."""
+    with _sigterm_interrupts():
+        probe = ModelSession(settings)  # a bad --model / missing key fails here, as one line
+        if not quiet:
+            probe.announce()
+        await probe.aclose()
+        if log_path:
+            try:
+                open(log_path, "a", encoding="utf-8").close()  # noqa: ASYNC230 - once, before serving
+            except OSError as exc:
+                raise UsageError(f"--log {log_path}: cannot write ({exc.strerror}); check the directory") from exc
+        app = create_app(settings, api_key=api_key, log_path=log_path, grace=grace)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            timeout_graceful_shutdown=math.ceil(grace),
+            server_header=False,
+            log_level="warning" if quiet else "info",
+            access_log=not quiet,
+        )
+        server = _Server(config, app.state.service)
+        await server.serve()
+        return 0 if server.started else 1

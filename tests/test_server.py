@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import signal
 import socket
@@ -21,8 +22,11 @@ import httpx
 import pytest
 from conftest import ROOT, runner_env
 from fault_server import FaultServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.testclient import TestClient
 
-from chains.server import create_app
+from chains.server import _bearer_key, _JsonlLog, create_app
 from chains.settings import RunSettings
 
 FAKE = RunSettings(model="fake")
@@ -411,7 +415,7 @@ async def test_sse_streaming_and_disconnects_over_real_http(tmp_path: Path, faul
             assert metric(text, "chain_runner_cancelled_total", chain="summarize", endpoint="invoke") == 1
             assert metric(text, "chain_runner_generations_total", chain="summarize", status="cancelled") == 2
         process.send_signal(signal.SIGTERM)  # graceful: the log is complete once the process exits
-        assert process.wait(15) == -signal.SIGTERM  # uvicorn re-raises the signal after shutting down
+        assert process.wait(15) == 130  # interrupted, like the CLI (issue 9: it was 143, uvicorn's re-raise)
     statuses = [json.loads(line)["status"] for line in log.read_text().splitlines()]
     assert statuses == ["ok", "cancelled", "cancelled"]
 
@@ -438,4 +442,231 @@ async def test_max_concurrency_holds_across_simultaneous_http_requests(
             process.send_signal(signal.SIGTERM)
             reply = await pending
             assert reply.status_code == 200 and reply.json()["output"].startswith("echo: ")
-        assert process.wait(15) == -signal.SIGTERM
+        assert process.wait(15) == 130
+
+
+# ----------------------------------------------------------------------------- odd inputs, clients and shutdowns (issue 9)
+
+
+def _post_raw(client: Any, path: str, body: bytes, **headers: str) -> Any:
+    return client.post(path, content=body, headers={"content-type": "application/json", **headers})
+
+
+async def test_a_lone_surrogate_in_an_input_is_a_422_naming_the_field(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = tmp_path / "gen.jsonl"
+    async with client_for(log_path=str(log)) as client:
+        for path, body, field in (
+            ("/chains/story/invoke", rb'{"input": {"topic": "a \ud800 kite"}}', "input.topic"),
+            ("/chains/story/stream", rb'{"input": {"topic": "\udfff"}}', "input.topic"),
+            ("/chains/summarize/batch", rb'{"inputs": [{"text": "ok"}, {"text": ["x", "\ud83d"]}]}', "inputs[1].text"),
+        ):
+            r = await _post_raw(client, path, body)
+            assert r.status_code == 422, (path, r.text)
+            error = r.json()["error"]
+            assert error["type"] == "InputError"
+            assert f"{field}: not valid Unicode (lone surrogate)" in error["message"], error["message"]
+        # a surrogate in a field's name: still a clear 422, never a 500
+        r = await _post_raw(client, "/chains/story/invoke", rb'{"input": {"topic": "x", "\ud800": 1}}')
+        assert r.status_code == 422 and "not valid Unicode (lone surrogate)" in r.json()["error"]["message"]
+        # deep in a nested value: found without recursion, named in one short line
+        deep = b"[" * 900 + rb'"\ud800"' + b"]" * 900
+        r = await _post_raw(client, "/chains/story/invoke", b'{"input": {"topic": ' + deep + b"}}")
+        assert r.status_code == 422 and "input.topic: not valid Unicode (lone surrogate) in ...[0]" in r.text
+        assert len(r.json()["error"]["message"]) < 300
+        # a well-formed pair (an emoji) is fine, and its request is logged
+        r = await _post_raw(client, "/chains/story/invoke", rb'{"input": {"topic": "a \ud83d\ude00 kite"}}')
+        assert r.status_code == 200 and "\U0001f600" in r.json()["output"]
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING], caplog.text
+    entries = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert [e["input"] for e in entries] == [{"topic": "a \U0001f600 kite"}]  # rejected requests did not run
+
+
+def test_the_generation_log_writes_a_line_with_a_lone_surrogate(tmp_path: Path) -> None:
+    path = tmp_path / "gen.jsonl"
+    log = _JsonlLog(str(path), redact=lambda text: text)
+    log.open()
+    try:
+        log.write([{"input": {"topic": "bad \ud800 text"}, "output": "\udfff"}, {"input": {"topic": "next"}}])
+    finally:
+        log.close()
+    lines = path.read_bytes().decode("utf-8").splitlines()  # the file is valid UTF-8
+    assert [json.loads(line) for line in lines] == [
+        {"input": {"topic": "bad \ud800 text"}, "output": "\udfff"},
+        {"input": {"topic": "next"}},
+    ]
+
+
+# any text, lone surrogates included (and made common: they are what breaks UTF-8 encoders)
+# (st.text filters surrogates out of its alphabet, so the text is joined from characters)
+_any_text = st.lists(st.characters() | st.sampled_from(["\ud800", "\udfff", "\ud83d"]), max_size=20).map("".join)
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _any_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_any_text, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def test_any_json_input_is_answered_200_or_a_clear_422() -> None:
+    """Property: whatever JSON (lone surrogates included) a client sends, the server answers a JSON 200 or
+    422 InputError, never a 500."""
+    app = create_app(FAKE)
+    with TestClient(app) as client:
+
+        @settings(max_examples=100, deadline=None)
+        @given(
+            value=st.fixed_dictionaries(
+                {"topic": _any_text | _json_values}, optional={"\ud800": _json_values, "topc": _json_values}
+            )
+        )
+        def check(value: dict[str, Any]) -> None:
+            body = json.dumps({"input": value}).encode()  # ASCII: a lone surrogate is sent as \\ud800
+            r = _post_raw(client, "/chains/story/invoke", body)
+            assert r.status_code in (200, 422), r.text
+            if r.status_code == 422:
+                assert r.json()["error"]["type"] == "InputError"
+
+        check()
+
+
+async def test_every_route_with_a_body_documents_its_400_and_answers_it() -> None:
+    async with client_for() as client:
+        paths = (await client.get("/openapi.json")).json()["paths"]
+        posts = {path: ops["post"] for path, ops in paths.items() if "requestBody" in ops.get("post", {})}
+        assert "/chains/story/stream" in posts and "/chains/summarize/batch" in posts
+        for path, op in posts.items():
+            for code in ("400", "413", "422"):
+                schema = op["responses"][code]["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorOut"}, (path, code)
+        r = await _post_raw(client, "/chains/story/invoke", b'{"input": {"topic": "\xff"}}')  # not UTF-8
+        assert r.status_code == 400
+        error = r.json()["error"]
+        assert error["type"] == "BadRequest" and "JSON" in error["message"]
+
+
+async def test_the_bearer_scheme_is_case_insensitive_and_the_key_is_not() -> None:
+    async with client_for(api_key="s3cret-token") as client:
+        for value in ("bearer s3cret-token", "BEARER s3cret-token", "bEaReR   s3cret-token"):
+            r = await client.get("/chains", headers={"Authorization": value})
+            assert r.status_code == 200, value
+        for value in ("bearer wrong", "bearer S3CRET-TOKEN", "Basic s3cret-token", "Bearers3cret-token", "bearer"):
+            r = await client.get("/chains", headers={"Authorization": value})
+            assert r.status_code == 401, value
+
+
+@settings(max_examples=300, deadline=None)
+@given(header=st.binary(max_size=64) | st.text(max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_the_authorization_header_parser_takes_any_bytes(header: bytes) -> None:
+    key = _bearer_key(header)
+    assert key is None or (header.lower().startswith(b"bearer ") and header.endswith(key))
+
+
+@given(scheme=st.sampled_from(["bearer", "Bearer", "BEARER", "bEARER"]), spaces=st.integers(1, 5))
+@settings(max_examples=20, deadline=None)
+def test_the_bearer_key_is_found_after_any_case_and_spaces(scheme: str, spaces: int) -> None:
+    assert _bearer_key(f"{scheme}{' ' * spaces}the-key".encode()) == b"the-key"
+
+
+async def _read_events(lines: AsyncIterator[str], until: Any = None) -> list[tuple[str, Any]]:
+    """SSE events from a response's lines, until the connection closes (or ``until(events)`` is true)."""
+    events: list[tuple[str, Any]] = []
+    buffer: list[str] = []
+    async for line in lines:
+        buffer.append(line)
+        if not line:
+            events += parse_sse("\n".join(buffer))
+            buffer = []
+            if until is not None and until(events):
+                break
+    return events
+
+
+async def test_a_stream_cut_by_the_end_of_the_grace_period_gets_an_error_event(
+    tmp_path: Path, fault_server: FaultServer
+) -> None:
+    fault_server.configure(chunks=400, chunk_delay_ms=50)  # 20 s: longer than --grace 2
+    log = tmp_path / "gen.jsonl"
+    with serving(tmp_path, fault_server, "--log", str(log)) as (url, process):
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=15) as client,
+            client.stream("POST", "/chains/summarize/stream", json={"input": {"text": "long"}}) as r,
+        ):
+            lines = r.aiter_lines()
+            first = await _read_events(lines, until=lambda events: len(events) >= 2)
+            process.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            rest = await _read_events(lines)
+            waited = time.monotonic() - started
+        assert [kind for kind, _ in first] == ["token", "token"]
+        assert rest and rest[-1][0] == "error", rest[-3:]
+        assert {kind for kind, _ in rest[:-1]} <= {"token"}
+        error = rest[-1][1]
+        assert error["type"] == "ServiceUnavailable" and error["status"] == 503
+        assert "shutting down" in error["message"]
+        assert 1.0 < waited < 2.5  # the stream went on for the grace period, then was told why it ends
+        assert process.wait(15) == 130
+    assert [json.loads(line)["status"] for line in log.read_text().splitlines()] == ["cancelled"]
+    await _wait_for(lambda: fault_server.stats()["in_flight"] == 0)
+
+
+def _spawn_serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+    err = tmp_path / "serve.err"
+    with err.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "runner.py"), "serve", "--port", str(_free_port()), "--model", "fake", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=runner_env(),
+        )
+    return process, err
+
+
+def test_a_sigterm_before_serve_listens_is_an_interrupt(tmp_path: Path) -> None:
+    process, err = _spawn_serve(tmp_path)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(15) == 130, err.read_text()
+    text = err.read_text()
+    assert [line for line in text.splitlines() if line.startswith("interrupted")], text
+    assert "Traceback" not in text
+
+
+async def test_a_sigterm_after_start_exits_130_with_one_line(tmp_path: Path, fault_server: FaultServer) -> None:
+    with serving(tmp_path, fault_server, "-q") as (_, process):
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 130
+    assert (tmp_path / "serve.err").read_text().splitlines() == ["interrupted"]
+
+
+async def test_a_client_gone_mid_stream_does_not_flood_the_log(tmp_path: Path, fault_server: FaultServer) -> None:
+    with serving(tmp_path, fault_server, "--model", "fake", "--fake-delay", "0.05") as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        body = json.dumps({"input": {"topic": "a kite"}}).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /chains/story/stream HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            seen = b""
+            while seen.count(b"event: token") < 2:
+                seen += sock.recv(4096)
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+
+            async def cancelled() -> float:
+                return metric(
+                    (await client.get("/metrics")).text,
+                    "chain_runner_cancelled_total",
+                    chain="story",
+                    endpoint="stream",
+                )
+
+            deadline = time.monotonic() + 10
+            while await cancelled() < 1:
+                assert time.monotonic() < deadline, "the stream was not cancelled"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)  # the story would still be streaming: 20 tokens a second
+    text = (tmp_path / "serve.err").read_text()
+    assert text.count("socket.send() raised exception") == 0, text[-2000:]
+    assert "Traceback" not in text
