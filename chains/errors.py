@@ -7,6 +7,8 @@ CLI maps ``exit_code`` to its process exit status; the server maps
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class ChainRunnerError(Exception):
     """Base class: a problem the user can fix, reported as one clear line."""
@@ -92,3 +94,40 @@ class BudgetExceededError(ChainRunnerError):
 
     exit_code = 1
     http_status = 402
+
+
+# ------------------------------------------------------------------ outside data in one line
+
+SHOWN_CHARS = 60
+"""Text from outside (a key, a value, a name) is shown in an error up to this many characters."""
+
+
+def clip(text: str, limit: int = SHOWN_CHARS) -> str:
+    """Text from outside as it may appear in an error: one line, at most ``limit`` characters.
+
+    Non-printable text is shown escaped (``\\n``), so a key or value from a file can
+    neither break the one-line rule nor fill the terminal.
+    """
+    flat = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def one_line(message: str, limit: int = 200) -> str:
+    """Another library's message (PyYAML, jsonschema, pydantic) on one line: it may quote a stretch of the file."""
+    return " ".join(message.split())[:limit]
+
+
+def json_path(parts: Iterable[str | int], root: str = "") -> str:
+    """Where a value sits in a document: ``("messages", 1, "content")`` -> ``messages[1].content``.
+
+    Integers are list indexes (``[1]``), anything else a key (``.content``, no
+    dot first); ``root`` (``$``, ``output.schema``) goes in front.  Parts are
+    shown as given: clip keys from outside first.
+    """
+    pieces = [root]
+    started = bool(root)
+    for part in parts:
+        piece = f"[{part}]" if isinstance(part, int) else (f".{part}" if started else str(part))
+        started = started or bool(piece)
+        pieces.append(piece)
+    return "".join(pieces)

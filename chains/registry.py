@@ -60,6 +60,8 @@ class ChainInfo:
     digest: str
     """Hash of the chain's name and prompt files: changes when a prompt changes."""
     output_schema: dict[str, Any] | None = None
+    prompts: tuple[str, ...] = ()
+    """The names of its prompt files, in the order it uses them (``sources`` are their labels)."""
 
 
 def _digest(name: str, digests: list[str]) -> str:
@@ -81,6 +83,7 @@ def chain_info(name: str, library: PromptLibrary | None = None) -> ChainInfo:
             sources=tuple(prompts.label(p) for p in entry.prompts),
             digest=_digest(name, [s.digest for s in specs]),
             output_schema=specs[-1].output.json_schema,
+            prompts=entry.prompts,
         )
     if name not in prompts:
         raise UnknownChainError(name, list_chain_names(prompts))
@@ -94,6 +97,7 @@ def chain_info(name: str, library: PromptLibrary | None = None) -> ChainInfo:
         sources=(prompts.label(name),),
         digest=_digest(name, [spec.digest]),
         output_schema=spec.output.json_schema,
+        prompts=(name,),
     )
 
 
