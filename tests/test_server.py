@@ -236,6 +236,18 @@ async def test_batch_with_failures_gives_error_records_and_provider_errors_map_t
     assert metric(text, "chain_runner_http_requests_total", chain="summarize", endpoint="invoke", code="503") == 1
 
 
+@pytest.mark.parametrize("value", ["soon", "1.5s", "", "inf"])
+async def test_a_429_with_an_odd_retry_after_is_a_503_with_a_sane_retry_after(
+    fault_server: FaultServer, value: str
+) -> None:
+    """A Retry-After that is neither seconds nor a date used to raise inside classify: a 500."""
+    fault_server.add_fault("429", match="BUSY", headers={"retry-after": value})
+    async with client_for(on_fault_server(fault_server, max_retries=0)) as client:
+        r = await client.post("/chains/summarize/invoke", json={"input": {"text": "BUSY"}})
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"].isdigit() and 1 <= int(r.headers["retry-after"]) <= 60
+
+
 async def test_a_spent_budget_is_a_402_and_not_run_records(fault_server: FaultServer) -> None:
     async with client_for(on_fault_server(fault_server, max_cost=0.0)) as client:  # no price for "test"
         r = await client.post("/chains/summarize/invoke", json={"input": {"text": "x"}})
