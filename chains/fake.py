@@ -16,14 +16,17 @@ import json
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolCall, ToolCallChunk
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from chains.tokens import estimate_tokens
 
@@ -146,11 +149,15 @@ def _instance_for_schema(schema: dict[str, Any], rng: random.Random, words: list
     return None
 
 
+def _split(text: str, size: int = 4) -> list[str]:
+    """Token-sized pieces of a JSON text."""
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
 def _json_pieces(messages: list[BaseMessage], schema: dict[str, Any]) -> list[str]:
     prompt = "\n".join(m.text for m in messages)
     rng = random.Random(hashlib.sha256(prompt.encode()).digest())
-    text = json.dumps(_instance_for_schema(schema, rng, _keywords(_last_human_text(messages))))
-    return [text[i : i + 4] for i in range(0, len(text), 4)]
+    return _split(json.dumps(_instance_for_schema(schema, rng, _keywords(_last_human_text(messages)))))
 
 
 class FakeChatModel(BaseChatModel):
@@ -169,6 +176,35 @@ class FakeChatModel(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "max_tokens": self.max_tokens}
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Tools in OpenAI's format, as ``ChatOpenAI`` binds them, so ``with_structured_output`` works."""
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        return self.bind(tools=formatted, **kwargs)
+
+    def _tool_call(self, messages: list[BaseMessage], **kwargs: Any) -> ToolCall | None:
+        """With tools bound (and ``tool_choice`` not ``none``), the answer calls one: the chosen one, or
+        the first, with arguments that fit its JSON schema."""
+        tools = kwargs.get("tools") or []
+        choice = kwargs.get("tool_choice")
+        if not tools or choice == "none":
+            return None
+        wanted = choice.get("function", {}).get("name") if isinstance(choice, dict) else choice
+        tool = next((t for t in tools if t.get("function", {}).get("name") == wanted), tools[0])
+        function = tool.get("function", {})
+        prompt = "\n".join(m.text for m in messages)
+        rng = random.Random(hashlib.sha256(prompt.encode()).digest())
+        args = _instance_for_schema(function.get("parameters") or {}, rng, _keywords(_last_human_text(messages)))
+        call_id = "call_" + hashlib.sha256((prompt + str(function.get("name"))).encode()).hexdigest()[:12]
+        return ToolCall(name=str(function.get("name")), args=args if isinstance(args, dict) else {}, id=call_id)
 
     def _pieces(self, messages: list[BaseMessage], stop: list[str] | None, **kwargs: Any) -> list[str]:
         limit = kwargs.get("max_tokens") or self.max_tokens or DEFAULT_FAKE_MAX_TOKENS
@@ -225,18 +261,33 @@ class FakeChatModel(BaseChatModel):
         return self._result(messages, pieces, **kwargs)
 
     def _result(self, messages: list[BaseMessage], pieces: list[str], **kwargs: Any) -> ChatResult:
+        call = self._tool_call(messages, **kwargs)
+        if call is not None:  # the arguments are the answer's tokens
+            pieces = _split(json.dumps(call["args"]))
         reason, usage = self._finish(messages, pieces, **kwargs)
         message = AIMessage(
-            content="".join(pieces),
+            content="" if call else "".join(pieces),
+            tool_calls=[call] if call else [],
             usage_metadata=usage,
-            response_metadata={"finish_reason": reason, "model_name": self.model_name},
+            response_metadata={"finish_reason": "tool_calls" if call else reason, "model_name": self.model_name},
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _chunks(self, messages: list[BaseMessage], pieces: list[str], **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        for piece in pieces:
-            yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
+        call = self._tool_call(messages, **kwargs)
+        if call is not None:
+            pieces = _split(json.dumps(call["args"]))
+            for i, piece in enumerate(pieces):
+                first = i == 0
+                chunk = ToolCallChunk(
+                    name=call["name"] if first else None, args=piece, id=call["id"] if first else None, index=0
+                )
+                yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[chunk]))
+        else:
+            for piece in pieces:
+                yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
         reason, usage = self._finish(messages, pieces, **kwargs)
+        reason = "tool_calls" if call is not None else reason
         yield ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",

@@ -11,24 +11,28 @@ built on it stay ordinary LCEL runnables, and LangChain's cache interface
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.base import LangSmithParams
 from langchain_core.language_models.chat_models import generate_from_stream
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from chains.deadline import within
+from chains.errors import ProviderError
 from chains.limits import Limits, active_limits
-from chains.metrics import current_item
-from chains.retry import BackoffWait, BrokenStreamError, Failure, NoAnswerError, classify, final_error
+from chains.metrics import ItemMetrics, current_item
+from chains.portal import Portal
+from chains.retry import BackoffWait, BrokenStreamError, Failure, NoAnswerError, classify, final_error, redact
 from chains.tokens import counter_for
 
 log = logging.getLogger("chains.requests")
@@ -41,6 +45,11 @@ def _finish_reason(chunks: list[ChatGenerationChunk]) -> str | None:
         if reason:
             return str(reason)
     return None
+
+
+def _has_content(chunk: ChatGenerationChunk) -> bool:
+    message = chunk.message
+    return bool(message.content) or bool(getattr(message, "tool_call_chunks", None))
 
 
 def _headers(result: ChatResult) -> Any:
@@ -71,8 +80,15 @@ class ManagedChatModel(BaseChatModel):
 
     inner: BaseChatModel
     """The provider's model; its own SDK retries should be off (``max_retries=0``)."""
-    streaming: bool = False
-    """Stream each request and report tokens to callbacks as they arrive."""
+    inner_factory: Callable[[], BaseChatModel] | None = Field(default=None, exclude=True)
+    """Builds another ``inner`` with a connection pool of its own, for an event loop other than the
+    first one this model is used on (HTTP pools belong to one loop).  Without it, ``inner`` serves
+    every loop, which is fine for models that hold no loop-bound resources."""
+    stream_requests: bool = False
+    """The runner's own streaming (``RunSettings.stream``): stream each request, report its tokens
+    to the callbacks, and on a failed attempt report them discarded and retry.  Deliberately not
+    LangChain's ``streaming`` field: a model that sets that field to False never streams, even for
+    a consumer calling ``astream``.  Consumers that stream always get tokens as they arrive."""
     max_retries: int = 5
     timeout: float = 600.0
     """Seconds one attempt may take as a whole, the complete answer included."""
@@ -84,6 +100,18 @@ class ManagedChatModel(BaseChatModel):
     token_model: str | None = None
     """Model name used to pick a tokenizer for estimates."""
     wait: BackoffWait = Field(default_factory=BackoffWait)
+    _portal: Portal | None = PrivateAttr(default=None)
+    _home_loop: asyncio.AbstractEventLoop | None = PrivateAttr(default=None)
+    _inners: dict[asyncio.AbstractEventLoop, BaseChatModel] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _streaming_is_stream_requests(cls, data: Any) -> Any:
+        """``streaming=`` (the usual LangChain spelling, and this class's before) means ``stream_requests``."""
+        if isinstance(data, dict) and "streaming" in data:
+            data = dict(data)
+            data.setdefault("stream_requests", bool(data.pop("streaming")))
+        return data
 
     @property
     def _llm_type(self) -> str:
@@ -103,6 +131,28 @@ class ManagedChatModel(BaseChatModel):
         params["_type"] = self._llm_type
         return params
 
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """The inner model's provider, model name and parameters, so tracing shows who answered."""
+        return self.inner._get_ls_params(stop=stop, **{**kwargs, **self.overrides})
+
+    def _inner(self) -> BaseChatModel:
+        """The inner model for the running event loop (see ``inner_factory``)."""
+        loop = asyncio.get_running_loop()
+        if self._home_loop is None or self._home_loop.is_closed():
+            self._home_loop = loop
+        if loop is self._home_loop or self.inner_factory is None:
+            return self.inner
+        inner = self._inners.get(loop)
+        if inner is None:
+            inner = self._inners[loop] = self.inner_factory()
+        return inner
+
+    def portal(self) -> Portal:
+        """The event loop that sync calls (``invoke``, ``batch``, ``stream``) run on."""
+        if self._portal is None:
+            self._portal = Portal()
+        return self._portal
+
     def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
         """Tools in the inner model's own format (so ``with_structured_output`` works too),
         bound on this model so that the limits and retries still apply."""
@@ -116,9 +166,19 @@ class ManagedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        raise NotImplementedError(
-            "chain-runner models are async: use ainvoke/abatch/astream (in a notebook: `await chain.ainvoke(...)`)"
-        )
+        """Sync ``invoke``/``batch``: the async request path, run on this model's portal loop."""
+        manager = _AsyncView(run_manager) if run_manager is not None else None
+        return self.portal().run(self._agenerate(messages, stop, cast(Any, manager), **kwargs))
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        """Sync ``stream``: chunks as they arrive (LangChain reports them to the callbacks)."""
+        yield from self.portal().iterate(self._astream(messages, stop, None, **kwargs))
 
     async def _agenerate(
         self,
@@ -128,7 +188,7 @@ class ManagedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         params = {**kwargs, **self.overrides}
-        stream = bool(params.pop("stream", self.streaming))
+        stream = bool(params.pop("stream", self.stream_requests))
         call = _Call(messages, stop, run_manager, params, stream, active_limits() or self.limits)
         limits = call.limits
         try:  # the first attempt goes straight through: no retry machinery on the hot path
@@ -167,19 +227,8 @@ class ManagedChatModel(BaseChatModel):
 
         async def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            failure = classify(exc) if exc else None
-            if failure is not None and failure.throttled and limits is not None:
-                limits.concurrency.throttled()
-            if item is not None:
-                item.retries += 1
-            log.info(
-                "retry %d/%d in %.2fs: %s%s",
-                state.attempt_number,
-                self.max_retries,
-                state.upcoming_sleep,
-                failure.reason if failure else "unknown",
-                f" (Retry-After {failure.retry_after:g}s)" if failure and failure.retry_after is not None else "",
-            )
+            failure = classify(exc) if exc else Failure(True, "unknown")
+            self._note_retry(failure, state.attempt_number, state.upcoming_sleep or 0.0, limits, item)
             if run_manager is not None:
                 await run_manager.on_retry(state)
 
@@ -206,10 +255,37 @@ class ManagedChatModel(BaseChatModel):
             raise error from exc
         return result
 
+    def _note_retry(
+        self, failure: Failure, attempt: int, sleep: float, limits: Limits | None, item: ItemMetrics | None
+    ) -> None:
+        """One retry decision: counted, the window halved on a 429, logged with its reason."""
+        if failure.throttled and limits is not None:
+            limits.concurrency.throttled()
+        if item is not None:
+            item.retries += 1
+        log.info(
+            "retry %d/%d in %.2fs: %s%s",
+            attempt,
+            self.max_retries,
+            sleep,
+            failure.reason,
+            f" (Retry-After {failure.retry_after:g}s)" if failure.retry_after is not None else "",
+        )
+
     async def _attempt(self, call: _Call) -> ChatResult:
+        async with self._booked(call) as settle:
+            result = await self._request_within_deadline(call)
+            settle(result)
+            return result
+
+    @asynccontextmanager
+    async def _booked(self, call: _Call) -> AsyncIterator[Callable[[ChatResult], None]]:
+        """One request's share of the run's limits, held while it is in flight; ``settle(result)``
+        replaces the estimates with the real (or estimated) usage and books its cost."""
         limits = call.limits
         if limits is None:
-            return await self._request_within_deadline(call)
+            yield lambda result: None
+            return
         count, _exact = counter_for(self.token_model)
         prompt_tokens = sum(count(m.text) for m in call.messages)
         output_tokens = int(call.params.get("max_tokens") or limits.output_tokens_avg)
@@ -218,15 +294,17 @@ class ManagedChatModel(BaseChatModel):
         async with limits.request(prompt_tokens + output_tokens, cost) as booking:
             if item is not None:
                 item.wait_s += booking.waited_s
-            result = await self._request_within_deadline(call)
-            usage = self._usage(call.messages, result)
-            actual_cost = limits.prices.cost(self.token_model, usage["input_tokens"], usage["output_tokens"])
-            limits.settle(booking, usage["total_tokens"], usage["output_tokens"], actual_cost)
-            if limits.rate is not None:
-                limits.rate.observe_headers(_headers(result), prompt_tokens + output_tokens)
-            if item is not None and actual_cost is not None:
-                item.cost_usd = (item.cost_usd or 0.0) + actual_cost
-            return result
+
+            def settle(result: ChatResult) -> None:
+                usage = self._usage(call.messages, result)
+                actual_cost = limits.prices.cost(self.token_model, usage["input_tokens"], usage["output_tokens"])
+                limits.settle(booking, usage["total_tokens"], usage["output_tokens"], actual_cost)
+                if limits.rate is not None:
+                    limits.rate.observe_headers(_headers(result), prompt_tokens + output_tokens)
+                if item is not None and actual_cost is not None:
+                    item.cost_usd = (item.cost_usd or 0.0) + actual_cost
+
+            yield settle
 
     async def _request_within_deadline(self, call: _Call) -> ChatResult:
         """One attempt, bounded as a whole by ``timeout``: the HTTP client's timeouts bound each
@@ -237,7 +315,7 @@ class ManagedChatModel(BaseChatModel):
     async def _request(self, call: _Call) -> ChatResult:
         """One attempt at the provider; a streamed answer must end with a finish reason."""
         if not call.stream:
-            result = await self.inner._agenerate(call.messages, stop=call.stop, **call.params)
+            result = await self._inner()._agenerate(call.messages, stop=call.stop, **call.params)
             if not result.generations:
                 raise NoAnswerError("the provider answered 200 with no choices")
             return result
@@ -245,7 +323,7 @@ class ManagedChatModel(BaseChatModel):
         chunks: list[ChatGenerationChunk] = []
         source_iter = cast(
             AsyncGenerator[ChatGenerationChunk, None],
-            self.inner._astream(call.messages, stop=call.stop, **call.params),
+            self._inner()._astream(call.messages, stop=call.stop, **call.params),
         )
         async with aclosing(source_iter) as source:
             async for chunk in source:
@@ -257,6 +335,113 @@ class ManagedChatModel(BaseChatModel):
         if _finish_reason(chunks) is None:
             raise BrokenStreamError("the stream ended without a finish reason")
         return generate_from_stream(iter(chunks))
+
+    # -- streaming to a consumer (astream, astream_events, stream)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        """Chunks as they arrive, with the run's limits, deadline and usage accounting.
+
+        Until the first piece of content has reached the consumer a failed attempt is retried as
+        any other; after it, the consumer has seen text that a retry could not take back, so a
+        broken stream fails with a ``ProviderError`` saying so, and is never silently retried.
+        (The runner's own streaming, ``stream_requests``, buffers and can retry: see README.)
+        """
+        params = {**kwargs, **self.overrides}
+        params.pop("stream", None)
+        call = _Call(messages, stop, None, params, True, active_limits() or self.limits)
+        item = current_item()
+        attempt = 1
+        while True:
+            source = self._stream_attempt(call)
+            try:
+                first = await anext(source)
+                break
+            except Exception as exc:
+                await source.aclose()
+                failure = classify(exc)
+                if not failure.retryable or attempt > self.max_retries:
+                    error = self._final(exc, failure, attempt)
+                    if error is exc:
+                        raise
+                    raise error from exc
+                sleep = self.wait.for_failure(failure, attempt)
+                self._note_retry(failure, attempt, sleep, call.limits, item)
+                await asyncio.sleep(sleep)
+                attempt += 1
+        async with aclosing(source):
+            yield first
+            try:
+                async for chunk in source:
+                    yield chunk
+            except Exception as exc:
+                raise self._broken_after_delivery(exc, attempt) from exc
+        if call.limits is not None:
+            call.limits.concurrency.succeeded()
+
+    def _broken_after_delivery(self, exc: Exception, attempts: int) -> Exception:
+        failure = classify(exc)
+        if not failure.provider:
+            return exc
+        message = (
+            f"{failure.reason} after part of the answer had been streamed to the caller: not retried, since the "
+            "caller has already seen that text; run the input again (or stream through run_batch/stream_one, "
+            "which discard a failed attempt's text and retry)"
+        )
+        return ProviderError(
+            redact(message, self._secrets()), status=failure.status, retryable=failure.retryable, attempts=attempts
+        )
+
+    async def _stream_attempt(self, call: _Call) -> AsyncGenerator[ChatGenerationChunk, None]:
+        """One streamed attempt: nothing is yielded before the first content, so that everything
+        up to it can be retried; the attempt as a whole ends by ``timeout``."""
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        async with self._booked(call) as settle:
+            source = cast(
+                AsyncGenerator[ChatGenerationChunk, None],
+                self._inner()._astream(call.messages, stop=call.stop, **call.params),
+            )
+            chunks: list[ChatGenerationChunk] = []
+            held: list[ChatGenerationChunk] | None = []  # chunks before the first content
+            async with aclosing(source):
+                while True:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            chunk = await anext(source)
+                    except StopAsyncIteration:
+                        break
+                    chunks.append(chunk)
+                    if held is not None:
+                        held.append(chunk)
+                        if not _has_content(chunk):
+                            continue
+                        chunk, rest = held[-1], held[:-1]
+                        held = None
+                        for early in rest:
+                            yield early
+                    yield chunk
+            if not chunks:
+                raise BrokenStreamError("the stream ended before any content")
+            if _finish_reason(chunks) is None:
+                raise BrokenStreamError("the stream ended without a finish reason")
+            for early in held or ():  # an answer with no content at all (an empty reply)
+                yield early
+            result = generate_from_stream(iter(chunks))
+            estimated = getattr(result.generations[0].message, "usage_metadata", None) is None
+            settle(result)  # fills in estimated usage when the provider sent none
+            self._account(call.messages, result)
+            if estimated:
+                usage = cast(AIMessage, result.generations[0].message).usage_metadata
+                yield ChatGenerationChunk(
+                    message=AIMessageChunk(
+                        content="", usage_metadata=usage, response_metadata={"usage_estimated": True}
+                    )
+                )
 
     def _usage(self, messages: list[BaseMessage], result: ChatResult) -> UsageMetadata:
         """The answer's usage; estimated (and marked so) when the provider sent none."""
@@ -282,3 +467,16 @@ class ManagedChatModel(BaseChatModel):
             message = result.generations[0].message if result.generations else None
             if message is not None and message.response_metadata.get("usage_estimated"):
                 item.tokens_estimated = True
+
+
+class _AsyncView:
+    """A sync run manager seen through the async interface the request path calls."""
+
+    def __init__(self, manager: CallbackManagerForLLMRun) -> None:
+        self.manager = manager
+
+    async def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        self.manager.on_llm_new_token(token, **kwargs)
+
+    async def on_retry(self, state: Any, **kwargs: Any) -> None:
+        self.manager.on_retry(state, **kwargs)

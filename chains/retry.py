@@ -314,10 +314,14 @@ class BackoffWait:
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if exc is not None:
-            retry_after = classify(exc).retry_after
-            if retry_after is not None:
-                return min(retry_after, self.retry_after_cap)
+            return self.for_failure(classify(exc), state.attempt_number)
         return self.delay(state.attempt_number)
+
+    def for_failure(self, failure: Failure, attempt: int) -> float:
+        """The wait after failed attempt ``attempt``: the server's advice (capped), else the backoff."""
+        if failure.retry_after is not None:
+            return min(failure.retry_after, self.retry_after_cap)
+        return self.delay(attempt)
 
     def delay(self, attempt: int) -> float:
         """The wait after failed attempt number ``attempt`` (1-based) when the server gave no advice."""
