@@ -12,6 +12,19 @@ A client that disconnects cancels its upstream model request.  Each finished
 input is logged as one JSONL line in a background task after the response.
 On SIGTERM, open streams run on for ``--grace`` seconds, then get an ``error``
 event saying the server is stopping; ``serve`` then exits 130, like the CLI.
+
+The docs work offline: ``/docs`` (Swagger UI 5, which renders FastAPI's OpenAPI 3.1) and ``/redoc`` load
+their scripts and styles from the ``fastapi-offline`` package, served under ``/static-offline-docs/``,
+never from a CDN.  With a key (``RUNNER_API_KEY``), every route needs ``Authorization: Bearer <key>`` except
+``/healthz`` and the docs themselves: the pages, their assets and ``/openapi.json``.  A person has to load
+the page before they can press Authorize and paste the key, and the page reads ``/openapi.json`` without
+it; what that shows (chain names, input fields, descriptions) is the shape of the API, never a model call,
+a metric or a record.  Every chain route, ``/chains`` and ``/metrics`` still need the key; an unknown path
+needs it too, so nothing new is public by accident.  The key is declared in the OpenAPI document as an
+HTTP bearer scheme on exactly those routes, which gives ``/docs`` its Authorize button; the scheme only
+documents (``auto_error=False``): ``_AuthMiddleware`` does the checking, so a 401 has our own body.  The two
+pages carry a Content-Security-Policy that lets the browser fetch from this server only, so a URL built
+into a bundle (ReDoc's logo) or written in a prompt's description is never requested from elsewhere.
 """
 
 # No ``from __future__ import annotations``: the per-chain routes annotate their
@@ -35,12 +48,13 @@ from types import FrameType
 from typing import Annotated, Any, TypeVar, cast
 
 import uvicorn
-from fastapi import BackgroundTasks, FastAPI, Request
+from fastapi import BackgroundTasks, FastAPI, Request, Security, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
+from fastapi_offline import FastAPIOffline
 from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.exceptions import OutputParserException
-from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
@@ -64,6 +78,16 @@ log = logging.getLogger("chains.server")
 T = TypeVar("T")
 DEFAULT_RETRY_AFTER_S = 5
 FAREWELL_S = 0.5  # an open stream is told the server is stopping this long before --grace ends
+DOCS_URL, REDOC_URL, OPENAPI_URL = "/docs", "/redoc", "/openapi.json"
+DOCS_ASSETS = "/static-offline-docs"  # Swagger UI's and ReDoc's files, from the fastapi-offline package
+# Routes that answer without the key (see the module docstring for why the docs are among them).
+PUBLIC_PATHS = frozenset({"/healthz", DOCS_URL, f"{DOCS_URL}/oauth2-redirect", REDOC_URL, OPENAPI_URL})
+# The docs pages may load nothing but this server's own files: a URL hard-coded in a bundle (ReDoc's logo,
+# on a CDN) is refused by the browser instead of leaving the machine.
+DOCS_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; worker-src 'self' blob:"
+)
 SHUTTING_DOWN = {
     "type": "ServiceUnavailable",
     "message": "the server is shutting down and stopped this stream before it finished; retry the request",
@@ -353,15 +377,27 @@ def _bearer_key(header: bytes) -> bytes | None:
     return key.lstrip(b" ")
 
 
+def _needs_key(path: str) -> bool:
+    return path not in PUBLIC_PATHS and not path.startswith(DOCS_ASSETS + "/")
+
+
+# Documents the key in the OpenAPI schema (the Authorize button of /docs); the middleware checks it.
+_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="The server's key: RUNNER_API_KEY (or --api-key) of `runner.py serve`.",
+)
+
+
 class _AuthMiddleware:
-    """``Authorization: Bearer <key>`` on every route but ``/healthz`` (constant-time check of the key)."""
+    """``Authorization: Bearer <key>`` on every route but ``/healthz`` and the docs (constant-time check)."""
 
     def __init__(self, app: ASGIApp, key: str) -> None:
         self.app = app
         self.expected = key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/healthz":
+        if scope["type"] == "http" and _needs_key(scope["path"]):
             header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
             given = _bearer_key(header)
             if given is None or not hmac.compare_digest(given, self.expected):
@@ -374,6 +410,26 @@ class _AuthMiddleware:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class _DocsPolicyMiddleware:
+    """Sends ``DOCS_POLICY`` as the ``Content-Security-Policy`` of the docs pages."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in (DOCS_URL, REDOC_URL):
+            await self.app(scope, receive, send)
+            return
+
+        async def with_policy(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                policy = (b"content-security-policy", DOCS_POLICY.encode())
+                message = {**message, "headers": [*message.get("headers", []), policy]}
+            await send(message)
+
+        await self.app(scope, receive, with_policy)
 
 
 class _BodyLimitMiddleware:
@@ -474,7 +530,8 @@ class _Service:
         key = (name, streaming)
         if key not in self._chains:
             model = self._session().model
-            llm = cast(BaseChatModel, model.bind(stream=True)) if streaming else model
+            # The runner's own streaming (a failed attempt's tokens are reported discarded and retried).
+            llm = model.model_copy(update={"stream_requests": True}) if streaming else model
             self._chains[key] = get_chain(name, llm, library=self.library)
         chain = self._chains[key]
         extra = config.model_dump(exclude_defaults=True) if config is not None else {}
@@ -650,15 +707,22 @@ def create_app(
     provider_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
     metrics = ServerMetrics()
     service = _Service(settings, library, metrics, log_path, [provider_key, key or ""], grace)
-    app = FastAPI(
+    app = FastAPIOffline(
         title="chain-runner",
         summary="Declarative LangChain chains over HTTP",
         lifespan=service.lifespan,
+        docs_url=DOCS_URL,
+        redoc_url=REDOC_URL,
+        openapi_url=OPENAPI_URL,
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
     )
+    # Shown on the routes _needs_key guards, so that the docs say which need the key.
+    keyed: list[params.Depends] = [Security(_BEARER)] if key else []
     catalogue: list[dict[str, Any]] = []
     for info in infos:
         models = _chain_models(info)
-        _add_chain_routes(app, service, info, models, max_batch)
+        _add_chain_routes(app, service, info, models, max_batch, keyed)
         catalogue.append(
             ChainOut(
                 name=info.name,
@@ -673,7 +737,13 @@ def create_app(
     known = [info.name for info in infos]
     by_name = {info.name: info for info in infos}
 
-    @app.get("/chains", response_model=list[ChainOut], tags=["service"], summary="Every chain and its input schema")
+    @app.get(
+        "/chains",
+        response_model=list[ChainOut],
+        tags=["service"],
+        summary="Every chain and its input schema",
+        dependencies=keyed,
+    )
     async def chains() -> Any:
         return catalogue
 
@@ -687,7 +757,7 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["service"], summary="Prometheus metrics", response_class=Response)
+    @app.get("/metrics", tags=["service"], summary="Prometheus metrics", response_class=Response, dependencies=keyed)
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -730,8 +800,9 @@ def create_app(
         log.error("unhandled %s on %s: %s", type(exc).__name__, request.url.path, service.redact(str(exc)))
         return _error_json(500, "InternalError", "internal server error; see the server log")
 
-    # Outermost first: count every response, then check the key, then bound the body.
+    # Outermost first: count every response, check the key, mark the docs pages, then bound the body.
     app.add_middleware(_BodyLimitMiddleware, limit=max_body_bytes)
+    app.add_middleware(_DocsPolicyMiddleware)
     if key:
         app.add_middleware(_AuthMiddleware, key=key)
     app.add_middleware(MetricsMiddleware, metrics=metrics, chains=frozenset(known))
@@ -740,7 +811,12 @@ def create_app(
 
 
 def _add_chain_routes(
-    app: FastAPI, service: _Service, info: ChainInfo, models: tuple[type[BaseModel], ...], max_batch: int
+    app: FastAPI,
+    service: _Service,
+    info: ChainInfo,
+    models: tuple[type[BaseModel], ...],
+    max_batch: int,
+    dependencies: Sequence[params.Depends],
 ) -> None:
     name = info.name
     _inputs, InvokeRequest, BatchRequest, InvokeResponse = models
@@ -751,6 +827,7 @@ def _add_chain_routes(
         response_model=InvokeResponse,
         responses=_ERRORS,
         tags=tags,
+        dependencies=dependencies,
         summary=f"Run {name} on one input",
         description=info.description,
     )
@@ -762,6 +839,7 @@ def _add_chain_routes(
         response_model=BatchOut,
         responses=_ERRORS,
         tags=tags,
+        dependencies=dependencies,
         summary=f"Run {name} on many inputs (records in input order)",
     )
     async def batch(request: Request, body: BatchRequest, background: BackgroundTasks) -> Any:  # type: ignore[valid-type]
@@ -778,6 +856,7 @@ def _add_chain_routes(
             **_ERRORS,
         },
         tags=tags,
+        dependencies=dependencies,
         summary=f"Stream {name}'s tokens as Server-Sent Events",
         response_class=EventSourceResponse,
     )
