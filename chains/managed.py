@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.language_models.chat_models import generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from chains.deadline import within
@@ -80,10 +82,10 @@ class ManagedChatModel(BaseChatModel):
 
     inner: BaseChatModel
     """The provider's model; its own SDK retries should be off (``max_retries=0``)."""
-    inner_factory: Callable[[], BaseChatModel] | None = Field(default=None, exclude=True)
-    """Builds another ``inner`` with a connection pool of its own, for an event loop other than the
-    first one this model is used on (HTTP pools belong to one loop).  Without it, ``inner`` serves
-    every loop, which is fine for models that hold no loop-bound resources."""
+    inner_for_loop: Callable[[asyncio.AbstractEventLoop], BaseChatModel] | None = Field(default=None, exclude=True)
+    """The inner model to use on a given event loop (``ModelSession`` gives each loop its own HTTP pool,
+    see ``chains.pools``).  Without it, ``inner`` serves every loop: fine for a model that holds no
+    loop-bound resources, or that is only ever used from one loop."""
     stream_requests: bool = False
     """The runner's own streaming (``RunSettings.stream``): stream each request, report its tokens
     to the callbacks, and on a failed attempt report them discarded and retry.  Deliberately not
@@ -100,9 +102,13 @@ class ManagedChatModel(BaseChatModel):
     token_model: str | None = None
     """Model name used to pick a tokenizer for estimates."""
     wait: BackoffWait = Field(default_factory=BackoffWait)
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    """LangChain's standard model parameters (``ManagedChatModel(inner=..., max_tokens=100)``), sent with
+    every request like a call's own; a call's own values and ``overrides`` win.  ``None`` leaves the
+    inner model's own setting."""
     _portal: Portal | None = PrivateAttr(default=None)
-    _home_loop: asyncio.AbstractEventLoop | None = PrivateAttr(default=None)
-    _inners: dict[asyncio.AbstractEventLoop, BaseChatModel] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -120,32 +126,39 @@ class ManagedChatModel(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         # The cache key: the inner model's identity and parameters, plus ours.
+        defaults = self._defaults()
         return {
             "inner": self.inner._llm_type,
             **self.inner._identifying_params,
             "overrides": dict(sorted(self.overrides.items())),
+            **({"defaults": defaults, "stop": self.stop} if defaults or self.stop is not None else {}),
         }
 
+    def _defaults(self) -> dict[str, Any]:
+        values = {"temperature": self.temperature, "max_tokens": self.max_tokens}
+        return {name: value for name, value in values.items() if value is not None}
+
+    def _params(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """One request's parameters: this model's standard ones, then the call's, then ``overrides``."""
+        return {**self._defaults(), **kwargs, **self.overrides}
+
+    def _stop(self, stop: list[str] | None) -> list[str] | None:
+        return self.stop if stop is None else stop
+
     def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
-        params = self.inner._get_invocation_params(stop=stop, **{**kwargs, **self.overrides})
+        params = self.inner._get_invocation_params(stop=self._stop(stop), **self._params(kwargs))
         params["_type"] = self._llm_type
         return params
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         """The inner model's provider, model name and parameters, so tracing shows who answered."""
-        return self.inner._get_ls_params(stop=stop, **{**kwargs, **self.overrides})
+        return self.inner._get_ls_params(stop=self._stop(stop), **self._params(kwargs))
 
     def _inner(self) -> BaseChatModel:
-        """The inner model for the running event loop (see ``inner_factory``)."""
-        loop = asyncio.get_running_loop()
-        if self._home_loop is None or self._home_loop.is_closed():
-            self._home_loop = loop
-        if loop is self._home_loop or self.inner_factory is None:
+        """The inner model for the running event loop (see ``inner_for_loop``)."""
+        if self.inner_for_loop is None:
             return self.inner
-        inner = self._inners.get(loop)
-        if inner is None:
-            inner = self._inners[loop] = self.inner_factory()
-        return inner
+        return self.inner_for_loop(asyncio.get_running_loop())
 
     def portal(self) -> Portal:
         """The event loop that sync calls (``invoke``, ``batch``, ``stream``) run on."""
@@ -153,9 +166,24 @@ class ManagedChatModel(BaseChatModel):
             self._portal = Portal()
         return self._portal
 
-    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
-        """Tools in the inner model's own format (so ``with_structured_output`` works too),
-        bound on this model so that the limits and retries still apply."""
+    def close_portal(self) -> None:
+        """Stop the sync calls' event loop (a later sync call starts a new one)."""
+        if self._portal is not None:
+            self._portal.close()
+            self._portal = None
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Tools in the inner model's own format (so ``with_structured_output`` works too), bound on
+        this model so that the limits and retries still apply.  ``tool_choice`` is named, as LangChain
+        looks for it to know that a model can be made to call a tool."""
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
         bound = self.inner.bind_tools(tools, **kwargs)
         return self.bind(**getattr(bound, "kwargs", {}))
 
@@ -187,9 +215,9 @@ class ManagedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        params = {**kwargs, **self.overrides}
+        params = self._params(kwargs)
         stream = bool(params.pop("stream", self.stream_requests))
-        call = _Call(messages, stop, run_manager, params, stream, active_limits() or self.limits)
+        call = _Call(messages, self._stop(stop), run_manager, params, stream, active_limits() or self.limits)
         limits = call.limits
         try:  # the first attempt goes straight through: no retry machinery on the hot path
             result = await self._attempt(call)
@@ -352,9 +380,9 @@ class ManagedChatModel(BaseChatModel):
         broken stream fails with a ``ProviderError`` saying so, and is never silently retried.
         (The runner's own streaming, ``stream_requests``, buffers and can retry: see README.)
         """
-        params = {**kwargs, **self.overrides}
+        params = self._params(kwargs)
         params.pop("stream", None)
-        call = _Call(messages, stop, None, params, True, active_limits() or self.limits)
+        call = _Call(messages, self._stop(stop), None, params, True, active_limits() or self.limits)
         item = current_item()
         attempt = 1
         while True:

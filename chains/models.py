@@ -20,8 +20,9 @@ from chains.cache import SQLiteCache
 from chains.errors import ModelConfigError
 from chains.limits import Limits
 from chains.managed import ManagedChatModel
+from chains.pools import LoopPools
 from chains.pricing import PriceTable
-from chains.resume import model_identity
+from chains.resume import OPENAI_ENDPOINT, model_identity, normalise_endpoint
 from chains.settings import DEFAULT_OPENAI_MODEL, FAKE_MODEL, RunSettings
 
 _SPEC = re.compile(r"^(?P<provider>[a-z][a-z0-9_-]*):(?P<name>\S+)$")
@@ -54,12 +55,33 @@ def parse_model_spec(text: str) -> ModelSpec:
 
 
 def resolve_model_spec(settings: RunSettings) -> tuple[ModelSpec, str | None]:
-    """The model to use and, when it was chosen for the user, a one-line notice."""
+    """The model to use and, when it was chosen for the user, a one-line notice.
+
+    OpenAI's default model name means nothing to another server (it answers 404, or serves
+    whatever it has under that name), so sending it there is said, with how to choose.
+    """
     if settings.model:
         return parse_model_spec(settings.model), None
+    if settings.base_url and not is_openai_endpoint(settings.base_url):
+        spec = parse_model_spec(DEFAULT_OPENAI_MODEL)
+        url = settings.base_url.rstrip("/")
+        return spec, (
+            f"no --model given: asking {url} for model {spec.name!r}; choose the server's model with "
+            f"--model openai:NAME (GET {url}/models lists them)"
+        )
     if settings.api_key is not None or settings.base_url:
         return parse_model_spec(DEFAULT_OPENAI_MODEL), None
     return ModelSpec(FAKE_MODEL, FAKE_MODEL), NO_KEY_NOTICE
+
+
+def is_openai_endpoint(base_url: str | None) -> bool:
+    """No base URL, or OpenAI's own however it is spelled (``https://API.openai.com:443/v1/``)."""
+    return not base_url or normalise_endpoint(base_url) == OPENAI_ENDPOINT
+
+
+def builtin_prices_apply(spec: ModelSpec, base_url: str | None) -> bool:
+    """The built-in (OpenAI list) prices are the cost of OpenAI models at OpenAI, and of the offline model."""
+    return spec.provider == FAKE_MODEL or (spec.provider == "openai" and is_openai_endpoint(base_url))
 
 
 def _create_openai(spec: ModelSpec, settings: RunSettings, http_client: Any) -> BaseChatModel:
@@ -113,16 +135,18 @@ def _compatible_chat_openai() -> type[BaseChatModel]:
 
 
 def _create_other(spec: ModelSpec, settings: RunSettings) -> BaseChatModel:
+    integration = "langchain-" + spec.provider.replace("_", "-")
     try:
         from langchain.chat_models import init_chat_model
-    except ImportError as exc:  # pragma: no cover - langchain is a dependency
-        raise ModelConfigError(f"--model {spec} needs the 'langchain' package: pip install langchain") from exc
+    except ImportError as exc:  # the [providers] extra is not installed
+        raise ModelConfigError(
+            f"--model {spec} needs the providers extra: pip install 'chain-runner[providers]' {integration}"
+        ) from exc
     try:
         return init_chat_model(f"{spec.provider}:{spec.name}", max_retries=0, timeout=settings.timeout)
     except ImportError as exc:
         raise ModelConfigError(
-            f"--model {spec}: the provider's integration is not installed ({exc}); "
-            f"pip install langchain-{spec.provider}"
+            f"--model {spec}: the provider's integration is not installed ({exc}); pip install {integration}"
         ) from exc
     except ValueError as exc:
         first = str(exc).splitlines()[0]
@@ -189,14 +213,17 @@ class ModelSession:
             tpm=self.settings.tpm,
             window_s=self.settings.rate_window_s,
             max_cost=self.settings.max_cost,
-            prices=PriceTable.load(self.settings.prices),
+            prices=PriceTable.load(
+                self.settings.prices, builtin=builtin_prices_apply(self.spec, self.settings.base_url)
+            ),
         )
         self.cache = SQLiteCache(self.settings.cache) if self.settings.cache else None
-        self._http: Any = None
-        self.inner = self._create_inner()
+        self._pools = LoopPools(self._build_inner)  # one inner model and HTTP pool per event loop
+        self.inner = self._pools.first
         self.model = ManagedChatModel(
             inner=self.inner,
-            streaming=self.settings.stream,
+            inner_for_loop=self._pools.for_loop,
+            stream_requests=self.settings.stream,
             max_retries=self.settings.max_retries,
             timeout=self.settings.timeout,
             overrides=self.settings.model_overrides(),
@@ -206,15 +233,26 @@ class ModelSession:
             cache=self.cache,  # None: LangChain's global cache, if the user set one
         )
 
-    def _create_inner(self) -> BaseChatModel:
+    def check_budget_priced(self) -> None:
+        """``--max-cost`` needs the model's price: refuse the run now, as one line, rather than every input."""
+        if self.settings.max_cost is None or self.limits.prices.price(self.spec.name) is not None:
+            return
+        where = f" at {self.settings.base_url}" if self.settings.base_url else ""
+        raise ModelConfigError(
+            f"--max-cost needs a price for {self.spec.name}{where} (the built-in prices are OpenAI's, at OpenAI); "
+            f'add it with --prices FILE: {{"{self.spec.name}": {{"input": USD, "output": USD}}}} per 1M tokens'
+        )
+
+    def _build_inner(self) -> tuple[BaseChatModel, Any]:
+        """A provider model and the HTTP client it owns (None when there is none to close)."""
         if self.spec.provider == FAKE_MODEL:
             from chains.fake import FakeChatModel
 
-            return FakeChatModel(token_delay=self.settings.fake_token_delay)
+            return FakeChatModel(token_delay=self.settings.fake_token_delay), None
         if self.spec.provider == "openai":
-            self._http = create_http_client(self.settings)
-            return _create_openai(self.spec, self.settings, self._http)
-        return _create_other(self.spec, self.settings)
+            http = create_http_client(self.settings)
+            return _create_openai(self.spec, self.settings, http), http
+        return _create_other(self.spec, self.settings), None
 
     @property
     def identity(self) -> str:
@@ -228,11 +266,13 @@ class ModelSession:
 
     async def check_reachable(self) -> None:
         """Fail fast, with one clear line, when ``--base-url`` cannot be reached at all."""
-        if not self.settings.base_url or self._http is None:
+        base_url = self.settings.base_url
+        http = self._pools.http_here() if base_url else None
+        if base_url is None or http is None:
             return
-        url = self.settings.base_url.rstrip("/") + "/models"
+        url = base_url.rstrip("/") + "/models"
         try:
-            await self._http.get(url, timeout=min(5.0, self.settings.timeout))
+            await http.get(url, timeout=min(5.0, self.settings.timeout))
         except Exception as exc:  # httpx/httpx2/aiohttp transport errors alike: the server is unreachable
             raise ModelConfigError(
                 f"cannot reach --base-url {self.settings.base_url} ({type(exc).__name__}); "
@@ -243,9 +283,8 @@ class ModelSession:
         if self.cache is not None:
             self.cache.close()
             self.cache = None
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        await self._pools.aclose()
+        self.model.close_portal()
 
     async def __aenter__(self) -> ModelSession:
         return self

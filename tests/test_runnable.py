@@ -195,3 +195,24 @@ async def test_astream_never_retries_after_tokens_reached_the_consumer(
         await session.aclose()
     assert "".join(seen).startswith("echo: cut")
     assert fault_server.requests_for("cut") == 1, "a stream the consumer had already seen was sent again"
+
+
+def test_sync_and_async_calls_mix_on_one_session_over_http(fault_server: FaultServer) -> None:
+    """Each event loop gets its own HTTP pool: sync calls (the portal loop) then async ones (another loop),
+    as a notebook mixes them, and the session closes every pool on its own loop."""
+    settings = RunSettings(model="openai:m", base_url=fault_server.base_url, max_concurrency=2)
+    session = ModelSession(settings)
+    chain = get_chain("summarize", session.model)
+    sync_answer = chain.invoke(TEXT)
+    sync_stream = "".join(chain.stream(TEXT))
+
+    async def main() -> tuple[str, str]:
+        answer = await chain.ainvoke(TEXT)
+        streamed = "".join([c async for c in chain.astream(TEXT)])
+        await session.aclose()
+        return answer, streamed
+
+    async_answer, async_stream = asyncio.run(main())
+    assert sync_answer == async_answer == sync_stream == async_stream
+    assert sync_answer.startswith("echo: ")
+    assert fault_server.stats()["requests"] == 4
