@@ -4,8 +4,10 @@
     python runner.py story --topics examples/topics.txt
     python runner.py run summarize --input texts.jsonl --output out.jsonl
     python runner.py list | show CHAIN
+    chain-runner --version                  # the console script: the same program
 
-Only this file calls ``asyncio.run``; everything else is async library code.
+Only this file calls ``asyncio.run``; everything else is async library code.  Messages name
+the program as it was called (``runner.py`` or ``chain-runner``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import sys
 from collections.abc import Sequence
 
 EXIT_USAGE = 2
+EXIT_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for a program whose reader (``| head``) went away."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,6 +30,19 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"error: {message} (see: {self.prog} --help)\n")
+
+
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked for: the package metadata is not free at start-up."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        import chains
+
+        print(f"{parser.prog} {chains.__version__}")
+        parser.exit()
 
 
 def _positive_int(text: str) -> int:
@@ -148,10 +165,11 @@ def _add_batch_options(run: argparse._ArgumentGroup) -> None:
     run.add_argument("--no-stream", dest="stream", action="store_false", help="do not stream (default for many inputs)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "runner.py") -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="runner.py", description="Run LangChain chains built from declarative prompt files over many inputs."
+        prog=prog, description="Run LangChain chains built from declarative prompt files over many inputs."
     )
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
@@ -169,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run any chain over an input file",
         description="Run CHAIN over FILE: JSONL objects, CSV with a header, or plain lines for a one-input chain.",
     )
-    run.add_argument("chain", help="chain name (see: runner.py list)")
+    run.add_argument("chain", help=f"chain name (see: {prog} list)")
     run.add_argument(
         "--input", required=True, metavar="FILE", help="inputs: .jsonl, .csv, or plain lines (- for stdin)"
     )
@@ -236,7 +254,7 @@ def _settings(args: argparse.Namespace) -> object:
     return RunSettings.from_env(**values)
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, prog: str) -> int:
     from chains import app
 
     if args.command == "list":
@@ -246,7 +264,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     import asyncio
 
     if args.command == "serve":
-        from chains.server import serve
+        serve = app.server_module().serve
 
         return asyncio.run(
             serve(
@@ -271,15 +289,27 @@ def _dispatch(args: argparse.Namespace) -> int:
         stream=args.stream,
         quiet=args.quiet,
         prompts_dirs=args.prompts_dir,
+        program=prog,
     )
     return asyncio.run(app.run_command(options, _settings(args)))  # type: ignore[arg-type]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, prog: str = "runner.py") -> int:
+    """Run the CLI; ``prog`` is the name it was called by, for usage and error lines."""
+    try:
+        return _main(argv, prog)
+    except BrokenPipeError:  # stdout's reader went away (``| head``): stop quietly, as a shell expects
+        _discard_stdout()
+        return EXIT_PIPE
+
+
+def _main(argv: Sequence[str] | None, prog: str) -> int:
+    parser = build_parser(prog)
     try:
         args = parser.parse_args(argv)
+        sys.stdout.flush()  # --help / --version: a closed stdout fails here, not at the interpreter's exit
     except SystemExit as exc:
+        sys.stdout.flush()
         return int(exc.code or 0)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -289,7 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from chains.errors import ChainRunnerError
 
     try:
-        return _dispatch(args)
+        code = _dispatch(args, prog)
+        sys.stdout.flush()  # what is still buffered: a closed stdout fails here, not at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        raise
     except ChainRunnerError as exc:
         if args.verbose:
             raise
@@ -321,12 +355,24 @@ def _sigterm_interrupts() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of it cannot fail with a second
+    ``BrokenPipeError`` ("Exception ignored ..."); SIGPIPE itself stays ignored, for ``serve``'s sake."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (embedded, closed): nothing to flush into it either
+        pass
+
+
 def main_entry() -> None:
+    """The ``chain-runner`` console script."""
     _sigterm_interrupts()
-    sys.exit(main())
+    sys.exit(main(prog="chain-runner"))
 
 
 if __name__ == "__main__":
     _sigterm_interrupts()
     os.environ.setdefault("PYTHONIOENCODING", "utf-8")
-    sys.exit(main())
+    sys.exit(main(prog="runner.py"))

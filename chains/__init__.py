@@ -9,7 +9,8 @@
             print(record.output)
         print(batch.summary.to_dict())
 
-Names are imported lazily so that ``import chains`` stays cheap.
+Names are imported lazily so that ``import chains`` stays cheap; so is ``__version__``
+(the installed package's version, or ``pyproject.toml``'s in a checkout that is not installed).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ __all__ = [
     "RunSummary",
     "StreamEvent",
     "TokenStreamHandler",
+    "__version__",
     "build_story_chain",
     "build_summarize_chain",
     "build_translate_chain",
@@ -74,7 +76,28 @@ __all__ = [
 ]
 
 
+def _version() -> str:
+    """The installed distribution's version; from a checkout that is not installed, ``pyproject.toml``'s."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chain-runner")
+    except PackageNotFoundError:
+        pass
+    import tomllib
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    try:
+        return str(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'chains' has no attribute {name!r}")
@@ -101,3 +124,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from chains.prompts_library import PromptLibrary
     from chains.registry import ChainInfo, chain_info, get_chain, list_chains
     from chains.settings import RunSettings
+
+    __version__: str

@@ -1,25 +1,31 @@
 """The CLI's commands as library calls: ``runner.py`` parses arguments and calls these.
 
 Each returns an exit code: 0 all inputs succeeded, 1 some failed, 2 usage
-error (raised as ``UsageError`` and mapped by the caller), 130 interrupted.
+error (raised as ``UsageError`` and mapped by the caller), 130 interrupted,
+141 stdout's reader went away (``| head``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from chains.errors import UsageError
 from chains.settings import RunSettings
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+if TYPE_CHECKING:
+    from chains.execution import BatchRun
+    from chains.interrupt import RunStop
+    from chains.sinks import GuardedStdout
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141
+SERVER_PACKAGES = frozenset({"fastapi", "starlette", "uvicorn", "sse_starlette", "prometheus_client"})
+"""What ``pip install 'chain-runner[server]'`` brings (and what they need)."""
 
 
 @dataclass
@@ -36,6 +42,19 @@ class RunOptions:
     stream: bool | None = None
     quiet: bool = False
     prompts_dirs: list[str] = field(default_factory=list)
+    program: str = "runner.py"
+    """The name the CLI was called by, for the messages that name a command."""
+
+
+def server_module() -> Any:
+    """``chains.server``, or one usage error naming the extra to install when a package of it is missing."""
+    try:
+        from chains import server
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in SERVER_PACKAGES:
+            raise UsageError("serve needs the server extra: pip install 'chain-runner[server]'") from exc
+        raise
+    return server
 
 
 def list_command(prompts_dirs: list[str], as_json: bool = False) -> int:
@@ -108,7 +127,7 @@ async def run_command(options: RunOptions, settings: RunSettings) -> int:
         if info.required != ("topic",):
             raise UsageError(
                 f"--topics gives each line as 'topic', but {info.name} needs {', '.join(info.required)}; "
-                f"use: runner.py run {info.name} --input FILE"
+                f"use: {options.program} run {info.name} --input FILE"
             )
         rows = read_topics(options.source)
         fmt = "lines"
@@ -156,10 +175,11 @@ async def _run(
 ) -> int:
     from chains.callbacks import live_token_handler
     from chains.execution import run_batch
+    from chains.interrupt import INTERRUPTED, STDOUT_CLOSED, RunStop
     from chains.models import ModelSession
     from chains.registry import get_chain
     from chains.resume import done_keys, input_key
-    from chains.sinks import JsonlSink, TextSink
+    from chains.sinks import GuardedStdout, JsonlSink, TextSink
 
     single = total == 1
     stream = options.stream if options.stream is not None else (single and not options.quiet)
@@ -173,7 +193,9 @@ async def _run(
 
         stderr = Console(stderr=True)
     session = ModelSession(settings)
-    interrupted = False
+    session.check_budget_priced()  # before the output is touched or anything is sent
+    stop = RunStop()
+    stdout = GuardedStdout(lambda: stop.request(STDOUT_CLOSED))
     async with session:
         # The output is locked (and checked) before the first request, the reachability probe included.
         sink: Any = (
@@ -186,53 +208,83 @@ async def _run(
             await session.check_reachable()
             chain = get_chain(info.name, session.model, library=library)
             live = single and stream and not options.quiet
-            callbacks = [live_token_handler()] if live else []
+            callbacks = [live_token_handler(cast(TextIO, stdout))] if live else []
             key = input_key(info.digest, session.identity, settings.model_overrides())
             if sink is None and not live:
-                sink = TextSink()
+                sink = TextSink(stdout)
+            admitted = stop.gate(inputs, lambda value: bool(skip) and _skipped(key, skip, value))
             batch = run_batch(
-                chain, inputs, settings=settings, limits=session.limits, callbacks=callbacks, key=key, skip=skip
+                chain,
+                admitted,
+                settings=settings,
+                limits=session.limits,
+                callbacks=[*callbacks, stop.tracker],
+                key=key,
+                skip=skip,
             )
             progress = None if (single or stderr is None) else ProgressDisplay(total, info.name, stderr)
-            interrupted = await _consume(batch, sink, progress, live, stderr)
+            await _consume(batch, sink, progress, stop, stdout if live else None, stderr)
         finally:
             if sink is not None:
                 sink.close()
     summary = batch.summary.finish().to_dict()
+    if session.limits.prices.price(session.spec.name) is None:
+        summary["cost_usd"] = None  # no price for this model here: unknown, not $0
     if options.metrics_out:
         write_json(options.metrics_out, summary, "--metrics-out")
+    if stop.reason == STDOUT_CLOSED:
+        return EXIT_PIPE  # quietly, like any program whose reader went away
     if stderr is not None:
         print_summary(summary, stderr)
-    if interrupted:
-        print("interrupted: stopped admitting inputs; every finished record was written", file=sys.stderr)
+    if stop.reason == INTERRUPTED:
+        print(stop.summary_line(total, summary, options.output), file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_FAILED if summary["failed"] or summary["not_run"] else EXIT_OK
 
 
-async def _consume(batch: Any, sink: Any, progress: Any, live: bool, stderr: Any) -> bool:
-    """Write each record as it finishes; True when Ctrl-C / SIGTERM stopped the run."""
-    stop = _install_signal_handlers()
-    try:
+def _skipped(key: Any, skip: set[str], value: Any) -> bool:
+    return not isinstance(value, BaseException) and key(value) in skip
+
+
+async def _consume(
+    batch: BatchRun, sink: Any, progress: Any, stop: RunStop, live: GuardedStdout | None, stderr: Any
+) -> None:
+    """Write each record as it finishes; after a stop, count the inputs it cancelled (they get no record)."""
+    import asyncio
+
+    from chains.interrupt import no_ctrl_c_echo
+
+    last = None
+    with stop.signals(), no_ctrl_c_echo(sys.stderr if progress is not None else None):
         if progress is not None:
             progress.__enter__()
-        async for record in batch:
-            if sink is not None:
-                sink.write(record)
-            if live:
-                sys.stdout.write("\n" if record.ok else "")
-                if record.error is not None and stderr is not None:
-                    stderr.print(f"[red]failed[/red]: {record.error['message']}", highlight=False)
+        try:
+            try:
+                async for last in batch:
+                    stop.finished(last)
+                    _deliver(last, sink, live, stderr)
+                    if progress is not None:
+                        progress.update(last, batch)
+            except asyncio.CancelledError as exc:
+                stop.swallow(exc)
+            if live is not None and stop.reason is not None:
+                live.write("\n")  # end the live text that was cut short before anything goes below it
+                live.flush()
+            if stop.count_cancelled(batch.summary) and progress is not None and last is not None:
+                progress.update(last, batch)  # the final numbers: the cancelled counted, none in flight
+        finally:
             if progress is not None:
-                progress.update(record, batch)
-    except asyncio.CancelledError:
-        if not stop.is_set():
-            raise
-        return True
-    finally:
-        if progress is not None:
-            progress.__exit__(None, None, None)
-        _remove_signal_handlers()
-    return False
+                progress.__exit__(None, None, None)
+
+
+def _deliver(record: Any, sink: Any, live: GuardedStdout | None, stderr: Any) -> None:
+    if sink is not None:
+        sink.write(record)
+    if live is not None:
+        live.write("\n" if record.ok else "")
+        live.flush()
+        if record.error is not None and stderr is not None:
+            stderr.print(f"[red]failed[/red]: {record.error['message']}", highlight=False)
 
 
 def write_json(path: str, data: Any, flag: str = "--metrics-out") -> None:
@@ -252,31 +304,3 @@ def check_writable(path: str, flag: str) -> None:
         raise UsageError(f"{flag} {path}: cannot write ({exc.strerror}); pick a writable path") from exc
     if not existed:
         os.unlink(path)
-
-
-def _install_signal_handlers() -> asyncio.Event:
-    """Ctrl-C / SIGTERM cancel the main task; the run then writes what finished and stops."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-
-    def handle() -> None:
-        stop.set()
-        if task is not None:
-            task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, handle)
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / Windows
-            pass
-    return stop
-
-
-def _remove_signal_handlers() -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.remove_signal_handler(sig)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass

@@ -31,11 +31,19 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 
 @dataclass
 class PriceTable:
+    """Model name → (input, output) USD per 1M tokens.
+
+    The built-in entries are OpenAI's list prices: they hold for OpenAI itself, not for the same
+    model name on a local or third-party server (a llama.cpp server answering as ``gpt-4o-mini``
+    costs nothing like it), so ``load(builtin=False)`` leaves them out and such a model's cost is
+    unknown.  Entries from ``--prices`` hold wherever the model is served.
+    """
+
     prices: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
 
     @classmethod
-    def load(cls, path: str | None) -> PriceTable:
-        table = cls()
+    def load(cls, path: str | None, *, builtin: bool = True) -> PriceTable:
+        table = cls() if builtin else cls({})
         if path:
             table.prices.update(_read_prices(path))
         return table

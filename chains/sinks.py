@@ -1,4 +1,8 @@
-"""Where records go: a JSONL file written as each input finishes, or labelled text on stdout."""
+"""Where records go: a JSONL file written as each input finishes, or labelled text on stdout.
+
+Stdout may be a pipe whose reader goes away (``runner.py story ... | head -3``): ``GuardedStdout``
+turns that into a request to stop the run, instead of a ``BrokenPipeError`` from deep inside it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TextIO
 
@@ -127,10 +132,49 @@ def format_output(output: Any) -> str:
     return json.dumps(output, ensure_ascii=False, indent=2, default=str)
 
 
+class GuardedStdout:
+    """The CLI's stdout: when its reader goes away, ``on_close`` is called once and later writes are dropped.
+
+    Only this stream is guarded: SIGPIPE stays ignored for the whole process, so that a client
+    hanging up on ``serve`` (a socket) never kills it.  Once closed, file descriptor 1 points at
+    ``/dev/null``, so that the interpreter's last flush cannot fail again ("Exception ignored").
+    """
+
+    def __init__(self, on_close: Callable[[], None], stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.on_close = on_close
+        self.closed = False
+
+    def write(self, text: str) -> int:
+        if not self.closed:
+            try:
+                self.stream.write(text)
+            except BrokenPipeError:
+                self._close()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._close()
+
+    def _close(self) -> None:
+        self.closed = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a real file: nothing will flush into it later
+            pass
+        self.on_close()
+
+
 class TextSink:
     """Outputs on stdout, one per input, each under a header naming its input."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | GuardedStdout | None = None) -> None:
         self.stream = stream or sys.stdout
 
     def write(self, record: Record) -> None:
