@@ -114,6 +114,15 @@ def show_command(name: str, prompts_dirs: list[str]) -> int:
     return EXIT_OK
 
 
+def _check_tracing() -> None:
+    """LangSmith tracing with an endpoint that does not answer would hold the run's exit for many seconds."""
+    from chains.tracing import disable_unreachable_tracing
+
+    warning = disable_unreachable_tracing()
+    if warning:
+        print(warning, file=sys.stderr)
+
+
 async def run_command(options: RunOptions, settings: RunSettings) -> int:
     """``story`` / ``run``: every input to one record, a summary at the end."""
     from chains.inputs import count_inputs, detect_format, read_inputs, read_topics
@@ -121,6 +130,7 @@ async def run_command(options: RunOptions, settings: RunSettings) -> int:
     from chains.registry import chain_info
 
     _check_output_flags(options)
+    _check_tracing()
     library = PromptLibrary(options.prompts_dirs)
     info = chain_info(options.chain, library)
     if options.topics:

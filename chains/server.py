@@ -38,6 +38,7 @@ import math
 import os
 import re
 import signal
+import sys
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing, asynccontextmanager, contextmanager
@@ -914,6 +915,10 @@ async def serve(
     """Run the app under uvicorn until SIGTERM/SIGINT (then ``KeyboardInterrupt``); in-flight requests get
     ``grace`` seconds."""
     with _sigterm_interrupts():
+        from chains.tracing import disable_unreachable_tracing
+
+        if warning := disable_unreachable_tracing():
+            print(warning, file=sys.stderr)
         probe = ModelSession(settings)  # a bad --model / missing key fails here, as one line
         if not quiet:
             probe.announce()
