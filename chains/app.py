@@ -238,8 +238,6 @@ async def _run(
             if sink is not None:
                 sink.close()
     summary = batch.summary.finish().to_dict()
-    if session.limits.prices.price(session.spec.name) is None:
-        summary["cost_usd"] = None  # no price for this model here: unknown, not $0
     if options.metrics_out:
         write_json(options.metrics_out, summary, "--metrics-out")
     if stop.reason == STDOUT_CLOSED:

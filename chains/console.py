@@ -143,6 +143,8 @@ def summary_table(summary: dict[str, Any], title: str = "run summary") -> Table:
         rows.append(("cache hits", _fmt(summary["cache_hits"])))
     if summary.get("cost_usd"):
         rows.append(("cost", f"${summary['cost_usd']:.4f}"))
+    elif "cost_usd" in summary and summary["cost_usd"] is None:
+        rows.append(("cost", "unknown (no price for the model; add it with --prices FILE)"))
     for name, value in rows:
         table.add_row(name, value)
     return table

@@ -77,6 +77,9 @@ class RunSummary:
     wait_s: float = 0.0
     cache_hits: int = 0
     cost_usd: float = 0.0
+    priced: int = 0
+    unpriced: int = 0
+    """Records with model calls but no price for the model: when none had a price, the cost is unknown."""
     tokens_estimated: bool = False
     failures: list[dict[str, Any]] = field(default_factory=list)
     max_failures_listed: int = 50
@@ -108,8 +111,11 @@ class RunSummary:
         self.wait_s += metrics.wait_s
         self.cache_hits += metrics.cache_hits
         self.tokens_estimated = self.tokens_estimated or metrics.tokens_estimated
-        if metrics.cost_usd:
+        if metrics.cost_usd is not None:
             self.cost_usd += metrics.cost_usd
+            self.priced += 1
+        elif metrics.model_calls:
+            self.unpriced += 1
         if error is None and metrics.latency_s is not None:
             self._latencies.append(metrics.latency_s)
         if metrics.ttft_s is not None:
@@ -158,6 +164,6 @@ class RunSummary:
             "retries": self.retries,
             "rate_limit_wait_s": round(self.wait_s, 4),
             "cache_hits": self.cache_hits,
-            "cost_usd": round(self.cost_usd, 6),
+            "cost_usd": None if self.unpriced and not self.priced else round(self.cost_usd, 6),
             "failures": list(self.failures),
         }

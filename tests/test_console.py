@@ -83,3 +83,13 @@ def test_rows_that_apply_are_shown() -> None:
     summary.add(0, ItemMetrics(latency_s=0.2, ttft_s=0.05, wait_s=1.5, output_tokens=10), None)
     text = table_text(summary)
     assert "time to first token" in text and "rate-limit wait" in text, text
+
+
+def test_a_cost_nobody_priced_is_unknown_not_zero() -> None:
+    summary = RunSummary()
+    summary.add(0, ItemMetrics(latency_s=0.2, output_tokens=10, model_calls=2, cost_usd=None), None)
+    assert summary.to_dict()["cost_usd"] is None
+    assert "unknown" in table_text(summary)
+    priced = RunSummary()
+    priced.add(0, ItemMetrics(latency_s=0.2, model_calls=1, cost_usd=0.25), None)
+    assert priced.to_dict()["cost_usd"] == 0.25 and "$0.2500" in table_text(priced)
