@@ -216,3 +216,30 @@ def test_sync_and_async_calls_mix_on_one_session_over_http(fault_server: FaultSe
     assert sync_answer == async_answer == sync_stream == async_stream
     assert sync_answer.startswith("echo: ")
     assert fault_server.stats()["requests"] == 4
+
+
+# ----------------------------------------------------------------------------- metrics on every path
+
+
+@pytest.mark.parametrize("path", ["astream", "astream_events", "stream", "invoke"])
+async def test_the_metrics_handler_works_on_every_path(path: str) -> None:
+    """Time to first token when streaming, and usage (reported or estimated) however the chain is run."""
+    import time as clock
+
+    from chains.callbacks import MetricsHandler
+    from chains.metrics import ItemMetrics
+
+    item = ItemMetrics()
+    config: Any = {"callbacks": [MetricsHandler(item, clock.perf_counter())]}
+    chain = offline_summarize()
+    if path == "astream":
+        _ = [c async for c in chain.astream(TEXT, config)]
+    elif path == "astream_events":
+        _ = [e async for e in chain.astream_events(TEXT, config, version="v2")]
+    elif path == "stream":
+        _ = await asyncio.to_thread(lambda: list(chain.stream(TEXT, config)))
+    else:
+        await asyncio.to_thread(chain.invoke, TEXT, config)
+    assert item.input_tokens > 0 and item.output_tokens > 0, item
+    if path != "invoke":
+        assert item.ttft_s is not None and item.ttft_s > 0, item
