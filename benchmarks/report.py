@@ -1,0 +1,243 @@
+"""The suite's report: the machine it ran on, and results.json, results.md (tables), results.png (panels).
+
+It only reads the report dict the scenarios filled; it measures nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from processes import ROOT, Pinning
+
+
+def machine_info(pinning: Pinning) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory: str | None = None
+    try:
+        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))  # type: ignore[union-attr]
+        memory = f"{kb / 1024 / 1024:.0f} GiB"
+    except (OSError, AttributeError):
+        pass
+    versions: dict[str, str | None] = {}
+    from importlib import metadata
+
+    for package in ("openai", "httpx", "aiohttp", "httpx-aiohttp", "langchain-core", "langchain-openai", "pydantic"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    commit: str | None
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "chains", "runner.py"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        commit = (head + (" + uncommitted changes in chains/" if dirty else "")) or None
+    except OSError:
+        commit = None
+    return {
+        "commit": commit,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": memory,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "pinning": pinning.describe(),
+        "load_start": os.getloadavg(),
+    }
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _verdict(t: dict[str, Any], quick: bool) -> str:
+    word = ("stretch " if t["stretch"] else "") + ("PASS" if t["pass"] else "MISS")
+    unit = "×" if t["unit"] == "×" else f" {t['unit']}"
+    value = "n/a" if t["value"] is None else f"{_fmt(t['value'], 3 if t['unit'] == '×' else 2)}{unit}"
+    line = f"- **{word}**: {t['name']} = {value} (target {t['comparison']} {_fmt(float(t['limit']))}{unit})"
+    return line + (" — quick sizes: not judged" if quick else "")
+
+
+def render_tables(report: dict[str, Any]) -> str:
+    quick = report["quick"]
+    m = report["machine"]
+    lines = [
+        f"# chain-runner benchmarks — {report['date']}"
+        + (" (QUICK: smoke sizes, numbers not meaningful)" if quick else ""),
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}; {m['os']}; Python {m['python']}; "
+        f"{m['pinning']}; load average {', '.join(f'{x:.1f}' for x in m['load_start'])} at start, "
+        f"{', '.join(f'{x:.1f}' for x in m['load_end'])} at end.",
+        f"Commit {m.get('commit')}. Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".",
+        f"Medians of {report['repeat']} repetition(s); ratios (×raw) against raw `AsyncOpenAI` + semaphore in the same run. "
+        "Wall and CPU are the measured run only (imports and setup excluded), except `project_cli`: the whole process. "
+        "Server busy: the mock server's CPU time over the run's wall time (its own core).",
+        "",
+        "Contenders: " + "; ".join(f"`{k}` {v}" for k, v in report["descriptions"].items()) + ".",
+        "",
+    ]
+    for key in ("latency", "variable", "cpu", "stream"):
+        sc = report["scenarios"].get(key)
+        if not sc:
+            continue
+        lines += [f"## {sc['number']}. {sc['title']}", ""]
+        header = ["contender", "wall s", "wall ×raw", "req/s", "client CPU ms/req", "CPU ×raw"]
+        if sc["stream"]:
+            header += ["chunks/CPU-s", "chunks/CPU-s ×raw"]
+        header += ["peak RSS MB", "server busy"]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+        for name, md in sc["medians"].items():
+            row = [
+                f"`{name}`",
+                _fmt(md.get("wall_s")),
+                _fmt(md.get("wall_s_x_raw")),
+                _fmt(md.get("req_per_s"), 0),
+                _fmt(md.get("cpu_ms_per_req")),
+                _fmt(md.get("cpu_ms_per_req_x_raw")),
+            ]
+            if sc["stream"]:
+                row += [_fmt(md.get("chunks_per_cpu_s"), 0), _fmt(md.get("chunks_per_cpu_s_x_raw"))]
+            busy = md.get("server_busy")
+            row += [_fmt(md.get("maxrss_mb"), 0), f"{busy * 100:.0f}%" if busy is not None else "–"]
+            lines.append("| " + " | ".join(row) + " |")
+        lines += ["", f"Target: {sc['target']}", *(_verdict(t, quick) for t in sc["targets"]), ""]
+    mem = report["scenarios"].get("memory")
+    if mem:
+        lines += [
+            f"## 5. {mem['title']}",
+            "",
+            "| topics | wall s | CPU s | topics/s | peak RSS MB | first record s |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for run in mem["runs"].values():
+            lines.append(
+                f"| {run['topics']:,} | {_fmt(run['wall_s'], 1)} | {_fmt(run['cpu_s'], 1)} | "
+                f"{_fmt(run['topics_per_s'], 0)} | {_fmt(run['maxrss_mb'], 1)} | {_fmt(run['first_record_s'])} |"
+            )
+        lines += ["", f"Target: {mem['target']}", *(_verdict(t, quick) for t in mem["targets"]), ""]
+    cold = report["scenarios"].get("cold")
+    if cold:
+        lines += [f"## 6. {cold['title']}", "", "| command | wall s | CPU s | peak RSS MB |", "|---|---:|---:|---:|"]
+        for name, md in cold["medians"].items():
+            lines.append(f"| `{name}` | {_fmt(md['wall_s'])} | {_fmt(md['cpu_s'])} | {_fmt(md['maxrss_mb'], 0)} |")
+        imports = cold.get("imports", {})
+        lines += ["", f"Target: {cold['target']}", *(_verdict(t, quick) for t in cold["targets"])]
+        if imports:
+            top = ", ".join(f"{name} {ms:.0f} ms" for name, ms in imports.get("list_top_level_imports_ms", [])[:6])
+            lines += [
+                f"- `runner.py list` imports openai: {'yes' if imports.get('list_imports_openai') else 'no'}; "
+                f"langchain_openai: {'yes' if imports.get('list_imports_langchain_openai') else 'no'}; "
+                f"langchain_core: {'yes' if imports.get('list_imports_langchain_core') else 'no'}. "
+                f"Biggest top-level imports: {top}."
+            ]
+        lines.append("")
+    if report["failures"]:
+        lines += ["## Failed runs", "", *(f"- {f}" for f in report["failures"]), ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = report["scenarios"]
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
+    panels = [
+        ("latency", "wall_s", "wall time, s (lower is better)", ("raw", 1.03)),
+        ("variable", "wall_s", "wall time, s (lower is better)", ("raw", 1.10)),
+        ("cpu", "cpu_ms_per_req", "client CPU ms per request (lower is better)", ("lc_abatch", 1.0)),
+        ("stream", "chunks_per_cpu_s", "streamed chunks per CPU-second (higher is better)", ("lc_astream", 1.0)),
+    ]
+    for ax, (key, metric, label, (ref, factor)) in zip(axes.flat[:4], panels, strict=True):
+        sc = scenarios.get(key)
+        if not sc:
+            ax.set_visible(False)
+            continue
+        names = list(sc["medians"])
+        values = [sc["medians"][n].get(metric, 0.0) for n in names]
+        palette = {"project": "#d62728", "raw": "#1f77b4", "lc": "#2ca02c"}
+        colors = [palette.get(n.split("_")[0], "#7f7f7f") for n in names]
+        ax.barh(names, values, color=colors)
+        ax.invert_yaxis()
+        ref_value = sc["medians"].get(ref, {}).get(metric)
+        if ref_value:
+            ax.axvline(ref_value * factor, color="k", linestyle="--", linewidth=1)
+            ax.text(ref_value * factor, -0.6, f" target {factor:g}×{ref}", fontsize=8, va="bottom")
+        ax.set_title(textwrap.fill(f"{sc['number']}. {sc['title']}", 60), fontsize=9)
+        ax.set_xlabel(label, fontsize=9)
+        ax.tick_params(labelsize=8)
+    ax = axes.flat[4]
+    mem = scenarios.get("memory")
+    if mem:
+        for run in mem["runs"].values():
+            curve = run["rss_curve"]
+            if curve:
+                ax.plot([t for t, _ in curve], [r for _, r in curve], label=f"{run['topics']:,} topics")
+        ax.set_title(textwrap.fill(f"5. {mem['title']}", 60), fontsize=9)
+        ax.set_xlabel("seconds since start", fontsize=9)
+        ax.set_ylabel("RSS, MB", fontsize=9)
+        ax.legend(fontsize=8)
+    else:
+        ax.set_visible(False)
+    ax = axes.flat[5]
+    cold = scenarios.get("cold")
+    if cold:
+        names = list(cold["medians"])
+        ax.barh(
+            names,
+            [cold["medians"][n]["wall_s"] for n in names],
+            color=["#d62728" if n.startswith("runner") else "#7f7f7f" for n in names],
+        )
+        ax.invert_yaxis()
+        ax.axvline(0.5, color="k", linestyle="--", linewidth=1)
+        ax.axvline(1.5, color="k", linestyle=":", linewidth=1)
+        ax.set_title(textwrap.fill(f"6. {cold['title']} (targets 0.5 s / 1.5 s)", 60), fontsize=9)
+        ax.set_xlabel("wall time, s", fontsize=9)
+        ax.tick_params(labelsize=8)
+    else:
+        ax.set_visible(False)
+    fig.suptitle(f"chain-runner benchmarks {report['date']}" + (" (quick)" if report["quick"] else ""), fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_report(report: dict[str, Any], out: Path, fail: Callable[[str], None]) -> None:
+    """results.json and results.md, the tables on stdout, then results.png (a failed plot is a failed run)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = render_tables(report)
+    (out / "results.md").write_text(table)
+    print(table)
+    try:
+        plot(report, out / "results.png")
+    except Exception as exc:  # the plot is a convenience; the numbers are in results.json
+        fail(f"plot: {type(exc).__name__}: {exc}")

@@ -1,0 +1,61 @@
+"""One run of the suite: its options, its child environment and pinning, its failures and results.
+
+Every scenario gets the ``Suite``: it logs through it, records failures through it (a failure
+makes the exit status 1), and puts its results in ``results`` under the scenario's key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import contenders as C
+from processes import PY, RUNNER, Pinning, child_env, run_process
+
+
+class Suite:
+    """The state every scenario of one run shares."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.quick: bool = args.quick
+        self.repeat: int = 1 if args.quick else args.repeat
+        self.out = Path(args.out).resolve()
+        self.work = self.out / "work"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.env = child_env(self.out, cache_bytecode=not self.quick)
+        self.pinning = Pinning()
+        self.pinning.pin_self()
+        self.timeout = 120.0 if self.quick else 1800.0
+        self.failures: list[str] = []
+        self.results: dict[str, Any] = {}
+        self.aiohttp = C.aiohttp_available()
+        self.only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 7))
+
+    # -- helpers
+
+    def log(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def fail(self, text: str) -> None:
+        self.failures.append(text)
+        self.log(f"  FAILED: {text}")
+
+    def python(self, *args: str) -> list[str]:
+        return [*self.pinning.client(), PY, *args]
+
+    def warm_up(self) -> None:
+        """Compile and cache every module the children import (once per results directory)."""
+        self.log("warming up the bytecode cache ...")
+        code = (
+            "import openai, httpx, aiohttp, langchain_openai, langchain_core.runnables, langchain_core.prompts;"
+            "import chains.app, chains.execution, chains.models, chains.registry, chains.fake, chains.console,"
+            " chains.sinks, chains.inputs, chains.resume, chains.managed, chains.callbacks, runner\n"
+            "try:\n import httpx_aiohttp\nexcept ImportError: pass"
+        )
+        for argv in ([PY, "-c", code], [PY, str(RUNNER), "list"]):
+            result = run_process(argv, env=self.env, timeout=600)
+            if result.returncode != 0:
+                self.fail(f"warm-up {argv[1:]} exited {result.returncode}: {result.stderr.strip()[-500:]}")
