@@ -276,7 +276,7 @@ def _dispatch(args: argparse.Namespace, prog: str) -> int:
                 grace=args.grace,
                 quiet=args.quiet,
             )
-        )  # type: ignore[arg-type]
+        )
 
     options = app.RunOptions(
         chain="story" if args.command == "story" else args.chain,

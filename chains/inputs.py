@@ -495,7 +495,3 @@ def count_inputs(path: str, fmt: str, *, max_chars: int = MAX_ROW_CHARS) -> int 
         return sum(1 for _ in rows)
     except (ChainRunnerError, OSError):
         return None
-
-
-def parse_inline(text: str) -> io.StringIO:  # pragma: no cover - convenience for notebooks
-    return io.StringIO(text)

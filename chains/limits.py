@@ -14,8 +14,8 @@ import asyncio
 import contextvars
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from chains.errors import BudgetExceededError
@@ -160,7 +160,7 @@ class Limits:
                         "not run: --max-cost needs a price for this model; add it with --prices FILE"
                     )
                 booking.cost = self.budget.reserve(cost)
-            if self.rate is not None and (self.rate.rpm or self.rate.tpm or self.rate.blocked_until):
+            if self.rate is not None and self.rate.active:
                 booking.reservation = await self.rate.reserve(tokens)
             booking.waited_s = time.perf_counter() - started
             yield booking
@@ -196,13 +196,3 @@ def active_limits() -> Limits | None:
 def install_limits(limits: Limits) -> None:
     """Install ``limits`` for the rest of the current task (its context dies with it)."""
     _active.set(limits)
-
-
-@contextmanager
-def use_limits(limits: Limits) -> Iterator[Limits]:
-    """Install ``limits`` for the code (and the tasks it creates) in this block."""
-    token = _active.set(limits)
-    try:
-        yield limits
-    finally:
-        _active.reset(token)

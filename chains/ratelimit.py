@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from chains.errors import InputError
@@ -36,7 +36,11 @@ class Reservation:
 
 
 class RateLimiter:
-    """At most ``rpm`` requests and ``tpm`` tokens in any ``window_s``-second window."""
+    """At most ``rpm`` requests and ``tpm`` tokens in any ``window_s``-second window.
+
+    ``clock`` and ``sleep`` are the limiter's only view of time, so a test can drive a
+    60-second window with a fake clock in microseconds.
+    """
 
     def __init__(
         self,
@@ -45,11 +49,13 @@ class RateLimiter:
         *,
         window_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self.rpm = rpm
         self.tpm = tpm
         self.window_s = window_s
         self.clock = clock
+        self.sleep = sleep
         self._events: deque[Reservation] = deque()
         self._tokens = 0
         self.blocked_until = 0.0
@@ -58,6 +64,7 @@ class RateLimiter:
 
     @property
     def active(self) -> bool:
+        """Whether a request must be booked at all: a limit is set or the server asked for a pause."""
         return bool(self.rpm or self.tpm) or self.blocked_until > 0
 
     def _prune(self, now: float) -> None:
@@ -100,7 +107,7 @@ class RateLimiter:
             if started is None:
                 started = now
                 self.waiting += 1
-            await asyncio.sleep(delay + 0.001)
+            await self.sleep(delay + 0.001)
         if started is not None:
             self.waiting -= 1
             self.waited_s += now - started
