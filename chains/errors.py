@@ -1,13 +1,16 @@
 """The project's error hierarchy.
 
 Every error says what was received and what to do about it, in one line.  The
-CLI maps ``exit_code`` to its process exit status; the server maps
-``http_status`` to a response status.  Nothing here imports LangChain.
+CLI maps ``exit_code`` to its process exit status; the server answers a failure
+with ``http_answer(exc)`` (status and headers), beside the classes it maps.
+Nothing here imports LangChain.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from typing import NamedTuple
 
 
 class ChainRunnerError(Exception):
@@ -94,6 +97,53 @@ class BudgetExceededError(ChainRunnerError):
 
     exit_code = 1
     http_status = 402
+
+
+class PayloadTooLarge(ChainRunnerError):
+    """A request is over the server's size limits (body bytes, batch length)."""
+
+    http_status = 413
+
+
+# ------------------------------------------------------------------ failures as HTTP answers
+
+DEFAULT_RETRY_AFTER_S = 5
+"""A provider's 429 without a usable wait is answered with ``Retry-After`` this many seconds."""
+
+_OUTPUT_PARSER = ("langchain_core.exceptions", "OutputParserException")
+"""LangChain's parser failure, named rather than imported: the model answered, but not in the declared shape."""
+
+
+class HttpAnswer(NamedTuple):
+    """How the server answers a failed input: ``status``, ``headers`` and whether the message is for the client
+    (False for a failure nobody foresaw: its text may be an internal detail, so it goes to the server log)."""
+
+    status: int
+    headers: dict[str, str]
+    explained: bool = True
+
+
+def http_answer(exc: BaseException) -> HttpAnswer:
+    """The HTTP answer to an input that failed with ``exc``, as ``exit_code`` is the CLI's.
+
+    A provider's 429 is the server's 503 with ``Retry-After`` (the client should come back, not give up);
+    the project's errors have their ``http_status``; a model answer the output parser refused is a 502 (a
+    bad upstream answer); anything else is a 500.
+    """
+    if isinstance(exc, ProviderError) and exc.status == 429:
+        return HttpAnswer(503, {"Retry-After": str(_retry_after_s(exc.retry_after))})
+    if isinstance(exc, ChainRunnerError):
+        return HttpAnswer(exc.http_status, {})
+    if any((cls.__module__, cls.__qualname__) == _OUTPUT_PARSER for cls in type(exc).__mro__):
+        return HttpAnswer(502, {})
+    return HttpAnswer(500, {}, explained=False)
+
+
+def _retry_after_s(wait: float | None) -> int:
+    """Whole seconds, at least one; the default when the provider sent no finite wait."""
+    if wait is None or not math.isfinite(wait):
+        return DEFAULT_RETRY_AFTER_S
+    return max(1, math.ceil(wait))
 
 
 # ------------------------------------------------------------------ outside data in one line

@@ -19,7 +19,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -28,15 +28,32 @@ from langchain_core.runnables import Runnable
 from chains.callbacks import MetricsHandler, TokenStreamHandler
 from chains.errors import BudgetExceededError, ProviderError
 from chains.limits import Limits, install_limits
-from chains.metrics import ItemMetrics, RunSummary, set_current_item
+from chains.metrics import ItemMetrics, ItemStatus, RunSummary, set_current_item
 from chains.settings import RunSettings
 
 Input = dict[str, Any]
 
 
+RecordField = Literal["index", "input", "output", "error", "metrics", "key", "usage", "latency_s", "ttft_s", "status"]
+"""What a record can show: its own parts, and (for the generation log) a flat view of its metrics."""
+
+RECORD_FIELDS: tuple[RecordField, ...] = ("index", "input", "output", "error", "metrics", "key")
+"""An ``--output`` line (``key`` only when the run has keys)."""
+ANSWER_FIELDS: tuple[RecordField, ...] = ("output", "metrics")
+"""The server's answer to one input (``invoke``, the ``end`` event of ``stream``)."""
+BATCH_FIELDS: tuple[RecordField, ...] = ("index", "output", "error", "metrics")
+"""One record of the server's ``batch`` answer (the client sent the inputs: they are not repeated)."""
+LOG_FIELDS: tuple[RecordField, ...] = ("index", "input", "output", "usage", "latency_s", "ttft_s", "status", "error")
+"""A line of the server's generation log."""
+
+
 @dataclass(slots=True)
 class Record:
-    """The outcome of one input: exactly one per input, success or error."""
+    """The outcome of one input: exactly one per input, success or error.
+
+    A failure is kept whole: ``exception`` is what the input failed with (so the server can answer it by
+    its class), ``error`` its JSON-safe description.
+    """
 
     index: int
     input: Any
@@ -45,22 +62,49 @@ class Record:
     metrics: ItemMetrics = field(default_factory=ItemMetrics)
     key: str | None = None
     """Identifies the input for ``--resume`` (chain, prompt files, input, model, parameters)."""
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def failure(cls, index: int, value: Any, exc: BaseException, metrics: ItemMetrics) -> Record:
+        return cls(index, value, None, error_dict(exc), metrics, exception=exc)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
-    def to_dict(self) -> dict[str, Any]:
-        data = {
-            "index": self.index,
-            "input": self.input,
-            "output": self.output,
-            "error": self.error,
-            "metrics": self.metrics.to_dict(),
-        }
-        if self.key is not None:
-            data["key"] = self.key
-        return data
+    @property
+    def outcome(self) -> ItemStatus:
+        """ok, failed, cancelled or not_run (the budget was spent before it could run)."""
+        if self.metrics.status in ("cancelled", "not_run", "skipped"):
+            return self.metrics.status
+        return "ok" if self.ok else "failed"
+
+    def to_dict(self, fields: Sequence[RecordField] = RECORD_FIELDS) -> dict[str, Any]:
+        """The record as JSON-ready data, in the order of ``fields``: the one shape of a record everywhere
+        (the ``--output`` file, the server's answers and its log)."""
+        return {name: self._part(name) for name in fields if name != "key" or self.key is not None}
+
+    def _part(self, name: RecordField) -> Any:
+        m = self.metrics
+        match name:
+            case "metrics":
+                return m.to_dict()
+            case "usage":
+                return {
+                    "input_tokens": m.input_tokens,
+                    "output_tokens": m.output_tokens,
+                    "estimated": m.tokens_estimated,
+                }
+            case "latency_s" | "ttft_s":
+                return _rounded(getattr(m, name))
+            case "status":
+                return self.outcome
+            case _:  # index, input, output, error, key: the record's own attributes
+                return getattr(self, name)
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 4)
 
 
 def error_dict(exc: BaseException) -> dict[str, Any]:
@@ -73,12 +117,15 @@ def error_dict(exc: BaseException) -> dict[str, Any]:
     return data
 
 
+StreamKind = Literal["token", "discard", "end", "error"]
+
+
 @dataclass(slots=True)
 class StreamEvent:
     """One event of ``stream_one``: a ``token``, a ``discard`` (a failed attempt's
     tokens, about to be retried), or the final ``end`` with the record."""
 
-    kind: str
+    kind: StreamKind
     text: str = ""
     record: Record | None = None
 
@@ -114,25 +161,24 @@ class BatchRun:
         item = ItemMetrics()
         if isinstance(value, BaseException):
             item.status = "not_run" if isinstance(value, BudgetExceededError) else "failed"
-            return Record(index, getattr(value, "input", None), None, error_dict(value), item)
+            return Record.failure(index, getattr(value, "input", None), value, item)
         set_current_item(item)  # task-local: each input runs in its own task
         started = time.perf_counter()
         config = self.settings.to_runnable_config(
             callbacks=[MetricsHandler(item, started), *self.callbacks, *extra],
             metadata={"chain_runner_index": index},
         )
-        output: Any = None
-        error: dict[str, Any] | None = None
         try:
             output = await self.chain.ainvoke(value, config)
         except asyncio.CancelledError:
             item.status = "cancelled"
             raise
         except Exception as exc:  # one failing input never stops the others
-            error = error_dict(exc)
             item.status = "not_run" if isinstance(exc, BudgetExceededError) else "failed"
+            item.latency_s = time.perf_counter() - started
+            return Record.failure(index, value, exc, item)
         item.latency_s = time.perf_counter() - started
-        return Record(index, value, output, error, item)
+        return Record(index, value, output, None, item)
 
     def _record_done(self, record: Record) -> Record:
         self.summary.add(record.index, record.metrics, record.error)
@@ -305,4 +351,17 @@ async def stream_one(
         await asyncio.gather(task, return_exceptions=True)
 
 
-__all__ = ["BatchRun", "Record", "StreamEvent", "error_dict", "run_batch", "stream_one"]
+__all__ = [
+    "ANSWER_FIELDS",
+    "BATCH_FIELDS",
+    "LOG_FIELDS",
+    "RECORD_FIELDS",
+    "BatchRun",
+    "Record",
+    "RecordField",
+    "StreamEvent",
+    "StreamKind",
+    "error_dict",
+    "run_batch",
+    "stream_one",
+]

@@ -12,7 +12,11 @@ import contextvars
 import time
 from array import array
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+ItemStatus = Literal["ok", "failed", "cancelled", "not_run", "skipped"]
+"""What became of one input: answered, failed, cancelled mid-way, not run (the budget was spent), or skipped
+(``--resume``: it already has a success record)."""
 
 
 @dataclass(slots=True)
@@ -29,7 +33,7 @@ class ItemMetrics:
     wait_s: float = 0.0
     cache_hits: int = 0
     cost_usd: float | None = None
-    status: str = "ok"
+    status: ItemStatus = "ok"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

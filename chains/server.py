@@ -40,7 +40,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator, Sequence
 from contextlib import aclosing, asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from enum import Enum
@@ -54,8 +54,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
 from fastapi_offline import FastAPIOffline
-from langchain_core.callbacks import AsyncCallbackHandler
-from langchain_core.exceptions import OutputParserException
 from langchain_core.runnables import Runnable
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
@@ -65,19 +63,18 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chains import errors
-from chains.errors import ChainRunnerError, ProviderError, UnknownChainError, UsageError
-from chains.execution import Record, StreamEvent, run_batch, stream_one
+from chains.errors import ChainRunnerError, HttpAnswer, PayloadTooLarge, UnknownChainError, http_answer
+from chains.execution import ANSWER_FIELDS, BATCH_FIELDS, LOG_FIELDS, Record, StreamEvent, run_batch, stream_one
 from chains.metrics import ItemMetrics
 from chains.models import ModelSession
 from chains.prompts_library import PromptLibrary
 from chains.registry import ChainInfo, get_chain, list_chains
-from chains.server_metrics import MetricsMiddleware, ServerMetrics, outcome
+from chains.server_metrics import MetricsMiddleware, ServerMetrics
 from chains.settings import RunSettings
+from chains.sinks import JsonlSink, check_writable, json_text
 
 log = logging.getLogger("chains.server")
 T = TypeVar("T")
-DEFAULT_RETRY_AFTER_S = 5
 FAREWELL_S = 0.5  # an open stream is told the server is stopping this long before --grace ends
 DOCS_URL, REDOC_URL, OPENAPI_URL = "/docs", "/redoc", "/openapi.json"
 DOCS_ASSETS = "/static-offline-docs"  # Swagger UI's and ReDoc's files, from the fastapi-offline package
@@ -94,10 +91,6 @@ SHUTTING_DOWN = {
     "message": "the server is shutting down and stopped this stream before it finished; retry the request",
     "status": 503,
 }
-
-
-class PayloadTooLarge(ChainRunnerError):
-    http_status = 413
 
 
 class _ClientGone(Exception):
@@ -233,19 +226,6 @@ def _values(body: BaseModel) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- helpers
 
 
-class _ErrorCapture(AsyncCallbackHandler):
-    """Keeps the exception a run failed with (the record only has its description)."""
-
-    run_inline = True
-
-    def __init__(self) -> None:
-        self.error: BaseException | None = None
-
-    async def on_chain_error(self, error: BaseException, *, parent_run_id: Any = None, **kwargs: Any) -> None:
-        if parent_run_id is None:
-            self.error = error
-
-
 async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
@@ -307,14 +287,6 @@ async def _until_stopped(source: AsyncIterator[T], stopping: asyncio.Event, afte
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _library_error(error: dict[str, Any]) -> int | None:
-    """The HTTP status of an error record whose type is one of ``chains.errors``."""
-    known = getattr(errors, str(error.get("type")), None)
-    if isinstance(known, type) and issubclass(known, ChainRunnerError):
-        return known.http_status
-    return None
-
-
 class _JSONResponse(JSONResponse):
     """Error JSON that can always be sent: a lone surrogate (say, in an unknown field's name) is written
     as the JSON escape ``\\ud800`` instead of failing the UTF-8 encoding."""
@@ -335,34 +307,6 @@ def _where(loc: Sequence[Any]) -> str:
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "body"
-
-
-class _JsonlLog:
-    """Appends JSON lines to the generation log (from background threads), secrets redacted."""
-
-    def __init__(self, path: str | None, redact: Callable[[str], str]) -> None:
-        self.path = path
-        self.redact = redact
-        self._file: Any = None
-        self._lock = threading.Lock()
-
-    def open(self) -> None:
-        if self.path:
-            # closed at shutdown; a lone surrogate is written as the JSON escape \ud800 (it can only be in a string)
-            self._file = open(self.path, "a", encoding="utf-8", errors="backslashreplace")
-
-    def write(self, entries: list[dict[str, Any]]) -> None:
-        text = "".join(self.redact(json.dumps(e, ensure_ascii=False, default=str)) + "\n" for e in entries)
-        with self._lock:
-            if self._file is not None:
-                self._file.write(text)
-                self._file.flush()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
 
 
 # ----------------------------------------------------------------------------- middleware
@@ -490,7 +434,8 @@ class _Service:
         self.metrics = metrics
         self.grace = grace
         self.secrets = [s for s in secrets if len(s) >= 4]
-        self.log = _JsonlLog(log_path, self.redact)
+        self.log_path = log_path
+        self.log: JsonlSink | None = None  # the generation log, open while the app runs
         self.session: ModelSession | None = None
         self._chains: dict[tuple[str, bool], Runnable[Any, Any]] = {}
         self.stopping = asyncio.Event()  # set when the server starts to shut down
@@ -508,14 +453,16 @@ class _Service:
         if self.session.notice:
             log.info(self.session.notice)  # ``serve`` has printed it already
         self.metrics.bind_limits(self.session.limits)
-        self.log.open()
         try:
+            if self.log_path:  # the --output writer: appended, flushed, a line cut short by a crash left apart
+                self.log = JsonlSink(self.log_path, flag="--log", append=True, lock=False, redact=self.redact)
             yield
         finally:
             session, self.session = self.session, None
             self._chains.clear()
             await session.aclose()
-            self.log.close()
+            if self.log is not None:
+                self.log.close()
 
     def begin_shutdown(self) -> None:
         """Open streams get ``grace`` seconds from now.  Safe to call from a signal handler."""
@@ -538,67 +485,43 @@ class _Service:
         extra = config.model_dump(exclude_defaults=True) if config is not None else {}
         return chain.with_config(**extra) if extra else chain
 
-    def run_kwargs(self, capture: _ErrorCapture | None = None) -> dict[str, Any]:
+    def run_kwargs(self) -> dict[str, Any]:
         session = self._session()
-        return {"settings": session.settings, "limits": session.limits, "callbacks": [capture] if capture else []}
+        return {"settings": session.settings, "limits": session.limits}
 
     # -- errors and log lines
 
-    def error_response(self, exc: BaseException | None, error: dict[str, Any]) -> JSONResponse:
-        status, headers, body = self.describe_error(exc, error)
-        return _JSONResponse({"error": body}, status_code=status, headers=headers)
-
-    def describe_error(
-        self, exc: BaseException | None, error: dict[str, Any]
-    ) -> tuple[int, dict[str, str], dict[str, str]]:
-        """HTTP status, headers and ``{"type", "message"}`` for a failed input."""
-        headers: dict[str, str] = {}
+    def failure(self, record: Record) -> tuple[HttpAnswer, dict[str, str]]:
+        """The HTTP answer (``chains.errors.http_answer``) and ``{"type", "message"}`` body of a failed input."""
+        error = record.error or {}
+        answer = http_answer(record.exception) if record.exception is not None else HttpAnswer(500, {}, False)
         message = self.redact(str(error.get("message", "")))
-        if isinstance(exc, ProviderError) and exc.status == 429:
-            wait = exc.retry_after if exc.retry_after is not None else DEFAULT_RETRY_AFTER_S
-            headers["Retry-After"] = str(max(1, math.ceil(wait)))
-            status = 503
-        elif isinstance(exc, ChainRunnerError):
-            status = exc.http_status
-        elif exc is None and (declared := _library_error(error)) is not None:
-            status = declared  # failed before running (e.g. the budget was already spent)
-        elif isinstance(exc, OutputParserException):
-            status = 502
-        else:
+        if not answer.explained:
             log.warning("chain failed: %s", message)
-            status, message = 500, f"the chain failed ({error.get('type', 'error')}); see the server log"
-        return status, headers, {"type": str(error.get("type", "Error")), "message": message}
+            message = f"the chain failed ({error.get('type', 'error')}); see the server log"
+        return answer, {"type": str(error.get("type", "Error")), "message": message}
+
+    def error_response(self, record: Record) -> JSONResponse:
+        answer, body = self.failure(record)
+        return _JSONResponse({"error": body}, status_code=answer.status, headers=answer.headers)
 
     def entry(self, chain: str, endpoint: str, value: Any, record: Record | None) -> dict[str, Any]:
-        m = record.metrics if record is not None else None
-        status = "cancelled" if m is None or record is None else outcome(record)
-        return {
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "chain": chain,
-            "endpoint": endpoint,
-            "index": record.index if record is not None else 0,
-            "input": value,
-            "output": record.output if record is not None else None,
-            "usage": {"input_tokens": m.input_tokens, "output_tokens": m.output_tokens, "estimated": m.tokens_estimated}
-            if m
-            else None,
-            "latency_s": round(m.latency_s, 4) if m and m.latency_s is not None else None,
-            "ttft_s": round(m.ttft_s, 4) if m and m.ttft_s is not None else None,
-            "status": status,
-            "error": record.error if record is not None else None,
-        }
+        """A generation-log line: a cancelled request (no record) has the same fields, empty."""
+        head = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), "chain": chain, "endpoint": endpoint}
+        if record is None:
+            return {**head, **dict.fromkeys(LOG_FIELDS), "index": 0, "input": value, "status": "cancelled"}
+        return {**head, **record.to_dict(LOG_FIELDS)}
 
     def log_later(self, background: BackgroundTasks, entries: list[dict[str, Any]]) -> None:
-        if self.log.path:
-            background.add_task(self.log.write, entries)
+        if self.log is not None:
+            background.add_task(self.log.write_entries, entries)
 
     # -- the three ways to run a chain
 
     async def invoke(
         self, name: str, request: Request, value: dict[str, Any], config: RunConfig | None, background: BackgroundTasks
     ) -> Any:
-        capture = _ErrorCapture()
-        batch = run_batch(self.chain(name, config, streaming=False), [value], **self.run_kwargs(capture))
+        batch = run_batch(self.chain(name, config, streaming=False), [value], **self.run_kwargs())
         try:
             [record] = await _unless_disconnected(request, _collect(batch))
         except _ClientGone:
@@ -608,8 +531,8 @@ class _Service:
         self.metrics.observe(name, record)
         self.log_later(background, [self.entry(name, "invoke", value, record)])
         if not record.ok:
-            return self.error_response(capture.error, record.error or {})
-        return {"output": record.output, "metrics": record.metrics.to_dict()}
+            return self.error_response(record)
+        return record.to_dict(ANSWER_FIELDS)
 
     async def batch(
         self,
@@ -634,18 +557,11 @@ class _Service:
         for record in records:
             self.metrics.observe(name, record)
         self.log_later(background, [self.entry(name, "batch", r.input, r) for r in records])
-        return {
-            "records": [
-                {"index": r.index, "output": r.output, "error": r.error, "metrics": r.metrics.to_dict()}
-                for r in records
-            ],
-            "summary": summary,
-        }
+        return {"records": [r.to_dict(BATCH_FIELDS) for r in records], "summary": summary}
 
     def stream(self, name: str, value: dict[str, Any], config: RunConfig | None) -> Response:
         chain = self.chain(name, config, streaming=True)
-        capture = _ErrorCapture()
-        kwargs = self.run_kwargs(capture)
+        kwargs = self.run_kwargs()
         done: list[Record] = []
 
         async def events() -> AsyncIterator[dict[str, str]]:
@@ -666,19 +582,18 @@ class _Service:
                             done.append(record)
                             self.metrics.observe(name, record)
                             if record.ok:
-                                data = {"output": record.output, "metrics": record.metrics.to_dict()}
-                                yield {"event": "end", "data": json.dumps(data, default=str)}
+                                yield {"event": "end", "data": json_text(record.to_dict(ANSWER_FIELDS))}
                             else:
-                                status, _, body = self.describe_error(capture.error, record.error or {})
-                                yield {"event": "error", "data": json.dumps({**body, "status": status})}
+                                answer, body = self.failure(record)
+                                yield {"event": "error", "data": json.dumps({**body, "status": answer.status})}
             except (asyncio.CancelledError, GeneratorExit):
                 if not done:  # the client went away (or the server is stopping) mid-stream
                     self.metrics.count_cancelled(name, "stream")
                 raise
 
         def write_log() -> None:
-            if self.log.path:
-                self.log.write([self.entry(name, "stream", value, done[0] if done else None)])
+            if self.log is not None:
+                self.log.write_entries([self.entry(name, "stream", value, done[0] if done else None)])
 
         # sse-starlette's own drain on shutdown stays as a backstop, after ours.
         return EventSourceResponse(events(), background=BackgroundTask(write_log), shutdown_grace_period=self.grace)
@@ -924,10 +839,7 @@ async def serve(
             probe.announce()
         await probe.aclose()
         if log_path:
-            try:
-                open(log_path, "a", encoding="utf-8").close()  # noqa: ASYNC230 - once, before serving
-            except OSError as exc:
-                raise UsageError(f"--log {log_path}: cannot write ({exc.strerror}); check the directory") from exc
+            check_writable(log_path, "--log")  # before serving: a FIFO without a reader is refused, not waited on
         app = create_app(settings, api_key=api_key, log_path=log_path, grace=grace)
         config = uvicorn.Config(
             app,

@@ -17,17 +17,16 @@ if TYPE_CHECKING:
 
     from chains.execution import Record
     from chains.limits import Limits
+    from chains.metrics import ItemStatus
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ENDPOINTS = frozenset({"invoke", "batch", "stream"})
 
 
-def outcome(record: Record) -> str:
-    """ok, failed, cancelled or not_run (the budget was spent before it could run)."""
-    if record.metrics.status in ("cancelled", "not_run"):
-        return record.metrics.status
-    return "ok" if record.ok else "failed"
+def outcome(record: Record) -> ItemStatus:
+    """ok, failed, cancelled or not_run (the budget was spent before it could run): ``Record.outcome``."""
+    return record.outcome
 
 
 class ServerMetrics:

@@ -1,5 +1,8 @@
 """Where records go: a JSONL file written as each input finishes, or labelled text on stdout.
 
+The same JSONL writer keeps the server's generation log, and the one "cannot write" check of a file
+the user named lives here.
+
 Stdout may be a pipe whose reader goes away (``runner.py story ... | head -3``): ``GuardedStdout``
 turns that into a request to stop the run, instead of a ``BrokenPipeError`` from deep inside it.
 """
@@ -9,8 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any, TextIO
 
@@ -20,8 +25,35 @@ from chains.execution import Record
 logger = logging.getLogger(__name__)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_text(data: Any) -> str:
+    """``data`` as JSON that any UTF-8 writer can send: non-ASCII text as itself, a lone surrogate (which
+    no UTF-8 encoder writes) as its JSON escape ``\\ud800``; it can only be inside a JSON string."""
+    text = json.dumps(data, ensure_ascii=False, default=str)
+    return _SURROGATE.sub(lambda bad: f"\\u{ord(bad[0]):04x}", text)
+
+
 def record_line(record: Record) -> str:
-    return json.dumps(record.to_dict(), ensure_ascii=False, default=str) + "\n"
+    return json_text(record.to_dict()) + "\n"
+
+
+def cannot_write(flag: str, path: str | Path, exc: OSError) -> UsageError:
+    """The one line for a file the user named that cannot be written."""
+    return UsageError(f"{flag} {path}: cannot write ({exc.strerror or exc}); pick a writable path")
+
+
+def check_writable(path: str, flag: str) -> None:
+    """Fail now, not after the run is paid for, when ``path`` cannot be written; leave no new file behind."""
+    existed = os.path.lexists(path)
+    try:
+        # O_NONBLOCK: a FIFO with no reader is an error here, not a hang.
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666))
+    except OSError as exc:
+        raise cannot_write(flag, path, exc) from exc
+    if not existed:
+        os.unlink(path)
 
 
 class JsonlSink:
@@ -33,22 +65,39 @@ class JsonlSink:
     and paying for the same inputs again.  Without ``append`` a file that already holds
     records is refused unless ``overwrite``; it is emptied only when the first record is
     written, so a run that fails before its first record leaves the old records as they were.
+
+    The server's generation log is the same writer: ``flag="--log"``, ``append``, no lock (it
+    pays for nothing twice: another server may append to it too), ``redact`` applied to each
+    line, written from background threads (``write_entries``).
     """
 
-    def __init__(self, path: str | Path, *, append: bool = False, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        append: bool = False,
+        overwrite: bool = False,
+        flag: str = "--output",
+        lock: bool = True,
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.label = str(path)
+        self.flag = flag
+        self.redact = redact
+        self._guard = threading.Lock()  # background threads write the log
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", encoding="utf-8")  # never truncates: the lock comes first
         except OSError as exc:
-            raise UsageError(f"--output {path}: cannot write ({exc.strerror}); pick a writable path") from exc
+            raise cannot_write(flag, path, exc) from exc
         try:
-            _lock(self._file, self.label)
+            if lock:
+                _lock(self._file, self.label, flag)
             size = os.fstat(self._file.fileno()).st_size
             if size and not append and not overwrite:
                 raise UsageError(
-                    f"--output {path} already holds records ({size:,} bytes); pass --resume to continue that run, "
+                    f"{flag} {path} already holds records ({size:,} bytes); pass --resume to continue that run, "
                     "--overwrite to replace them, or pick a new file"
                 )
             self._truncate = bool(size) and not append
@@ -60,15 +109,30 @@ class JsonlSink:
         self.written = 0
 
     def write(self, record: Record) -> None:
-        if self._truncate:  # --overwrite: the old records go only once a new one replaces them
-            self._file.truncate(0)
-            self._truncate = False
-        self._file.write(record_line(record))
-        self._file.flush()
-        self.written += 1
+        self._write([record_line(record)])
+
+    def write_entries(self, entries: Iterable[dict[str, Any]]) -> None:
+        """Lines that are not records (the generation log's), in one write."""
+        self._write([json_text(entry) + "\n" for entry in entries])
+
+    def _write(self, lines: list[str]) -> None:
+        text = "".join(lines)
+        if self.redact is not None:
+            text = self.redact(text)
+        with self._guard:
+            if self._file.closed:  # a background task that outlived the server: nothing left to write to
+                logger.warning("%s %s is closed: %d line(s) not written", self.flag, self.label, len(lines))
+                return
+            if self._truncate:  # --overwrite: the old records go only once a new one replaces them
+                self._file.truncate(0)
+                self._truncate = False
+            self._file.write(text)
+            self._file.flush()
+            self.written += len(lines)
 
     def close(self) -> None:
-        self._file.close()  # releases the lock
+        with self._guard:
+            self._file.close()  # releases the lock
 
     def __enter__(self) -> JsonlSink:
         return self
@@ -77,7 +141,7 @@ class JsonlSink:
         self.close()
 
 
-def _lock(handle: IO[str], label: str) -> None:
+def _lock(handle: IO[str], label: str, flag: str) -> None:
     """An exclusive, non-blocking lock on the open file, held until it is closed."""
     try:
         import fcntl
@@ -87,11 +151,11 @@ def _lock(handle: IO[str], label: str) -> None:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise UsageError(
-            f"--output {label} is in use by another run (it holds the file's lock); "
+            f"{flag} {label} is in use by another run (it holds the file's lock); "
             "wait for that run to finish, or pick another file"
         ) from None
     except OSError as exc:  # a filesystem without locks (some network mounts): run, but say so
-        logger.warning("--output %s: cannot lock it (%s); do not start another run on it", label, exc.strerror)
+        logger.warning("%s %s: cannot lock it (%s); do not start another run on it", flag, label, exc.strerror)
 
 
 def _ends_with_newline(path: Path) -> bool:

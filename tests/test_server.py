@@ -26,8 +26,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from chains.server import _bearer_key, _JsonlLog, create_app
+from chains.server import _bearer_key, create_app
 from chains.settings import RunSettings
+from chains.sinks import JsonlSink
 
 FAKE = RunSettings(model="fake")
 
@@ -600,10 +601,9 @@ async def test_a_lone_surrogate_in_an_input_is_a_422_naming_the_field(
 
 def test_the_generation_log_writes_a_line_with_a_lone_surrogate(tmp_path: Path) -> None:
     path = tmp_path / "gen.jsonl"
-    log = _JsonlLog(str(path), redact=lambda text: text)
-    log.open()
+    log = JsonlSink(path, flag="--log", append=True, lock=False, redact=lambda text: text)  # the server's log
     try:
-        log.write([{"input": {"topic": "bad \ud800 text"}, "output": "\udfff"}, {"input": {"topic": "next"}}])
+        log.write_entries([{"input": {"topic": "bad \ud800 text"}, "output": "\udfff"}, {"input": {"topic": "next"}}])
     finally:
         log.close()
     lines = path.read_bytes().decode("utf-8").splitlines()  # the file is valid UTF-8
@@ -788,3 +788,61 @@ async def test_a_client_gone_mid_stream_does_not_flood_the_log(tmp_path: Path, f
     text = (tmp_path / "serve.err").read_text()
     assert text.count("socket.send() raised exception") == 0, text[-2000:]
     assert "Traceback" not in text
+
+
+# ----------------------------------------------------------------------------- one outcome, one writer (issue 12)
+
+
+async def test_serve_refuses_an_unwritable_log_in_one_line(tmp_path: Path) -> None:
+    from chains.errors import UsageError
+    from chains.server import serve
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    target = blocker / "gen.jsonl"  # under a regular file: no directory can be made there
+    with pytest.raises(UsageError) as refused:
+        await serve(FAKE, log_path=str(target), quiet=True)
+    assert str(refused.value) == f"--log {target}: cannot write (Not a directory); pick a writable path"
+
+
+def test_a_log_that_is_a_fifo_without_a_reader_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """``serve --log FIFO`` opened the FIFO for writing before serving: with no reader, it hung there."""
+    import os
+
+    fifo = tmp_path / "gen.fifo"
+    os.mkfifo(fifo)
+    process, err = _spawn_serve(tmp_path, "--log", str(fifo))
+    try:
+        code = process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+        raise AssertionError("serve hung opening a --log FIFO that has no reader") from None
+    lines = err.read_text().splitlines()
+    assert code == 2 and lines[-1].startswith(f"error: --log {fifo}: cannot write ("), lines
+    assert lines[-1].endswith("; pick a writable path")
+    assert "Traceback" not in err.read_text()
+
+
+async def test_a_log_cut_short_by_a_crash_gets_its_next_line_on_a_line_of_its_own(tmp_path: Path) -> None:
+    """The log is written by the --output writer: a last line left half-written by a crash no longer swallows
+    the next entry (it used to be appended to the broken line, losing both)."""
+    log = tmp_path / "gen.jsonl"
+    log.write_text('{"chain": "story", "status": "ok"}\n{"chain": "story", "inp')
+    async with client_for(log_path=str(log)) as client:
+        assert (await client.post("/chains/story/invoke", json={"input": {"topic": "a kite"}})).status_code == 200
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 3 and lines[1] == '{"chain": "story", "inp'
+    entry = json.loads(lines[2])
+    assert entry["chain"] == "story" and entry["input"] == {"topic": "a kite"} and entry["status"] == "ok"
+
+
+async def test_a_failed_stream_ends_with_an_error_event_of_the_failure_status(fault_server: FaultServer) -> None:
+    """The status comes from the record's own exception (no callback recovering it on the side)."""
+    fault_server.add_fault("400", match="BAD-ROW")
+    fault_server.add_fault("429", match="BUSY", retry_after=7)
+    async with client_for(on_fault_server(fault_server, max_retries=0)) as client:
+        for text, status in (("a BAD-ROW", 502), ("BUSY", 503)):
+            r = await client.post("/chains/summarize/stream", json={"input": {"text": text}})
+            kind, data = parse_sse(r.text)[-1]
+            assert kind == "error" and data["type"] == "ProviderError" and data["status"] == status, r.text
