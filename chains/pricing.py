@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -27,6 +28,9 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "o3-mini": (1.10, 4.40),
     "fake": (0.0, 0.0),
 }
+
+
+_SNAPSHOT = re.compile(r"(?P<base>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{4})")
 
 
 @dataclass
@@ -53,9 +57,10 @@ class PriceTable:
             return None
         if model in self.prices:
             return self.prices[model]
-        # dated snapshots: gpt-4o-mini-2024-07-18 → gpt-4o-mini
-        best = max((name for name in self.prices if model.startswith(name + "-")), key=len, default=None)
-        return self.prices[best] if best else None
+        # dated snapshots only (gpt-4o-mini-2024-07-18, gpt-3.5-turbo-0125 → the base name): another
+        # suffix is another model (gpt-4o-realtime-preview is not gpt-4o) and has no price here
+        snapshot = _SNAPSHOT.fullmatch(model)
+        return self.prices.get(snapshot.group("base")) if snapshot else None
 
     def cost(self, model: str | None, input_tokens: int, output_tokens: int) -> float | None:
         price = self.price(model)

@@ -98,19 +98,22 @@ class RateLimiter:
                 f"this request needs about {tokens} tokens but --tpm is {self.tpm:g}; raise --tpm or lower --max-tokens"
             )
         started = None
-        while True:
-            now = self.clock()
-            self._prune(now)
-            delay = self._delay(now, tokens)
-            if delay <= 0:
-                break
-            if started is None:
-                started = now
-                self.waiting += 1
-            await self.sleep(delay + 0.001)
-        if started is not None:
-            self.waiting -= 1
-            self.waited_s += now - started
+        now = self.clock()
+        try:
+            while True:
+                now = self.clock()
+                self._prune(now)
+                delay = self._delay(now, tokens)
+                if delay <= 0:
+                    break
+                if started is None:
+                    started = now
+                    self.waiting += 1
+                await self.sleep(delay + 0.001)
+        finally:  # also when the waiter is cancelled: it waits no more
+            if started is not None:
+                self.waiting -= 1
+                self.waited_s += self.clock() - started
         reservation = Reservation(now, tokens)
         self._events.append(reservation)
         self._tokens += tokens

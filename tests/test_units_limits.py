@@ -507,3 +507,15 @@ async def test_a_request_waiting_for_a_slot_books_nothing_yet() -> None:
     with pytest.raises(asyncio.CancelledError):
         await queued
     assert limits.concurrency.in_flight == 0
+
+
+async def test_a_waiter_cancelled_while_the_window_is_full_no_longer_counts_as_waiting() -> None:
+    clock = ManualTime()
+    rate = limiter(clock, rpm=1)
+    await rate.reserve(1)
+    waiter = start(rate.reserve(1))
+    await settle_tasks()
+    assert rate.waiting == 1
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert rate.waiting == 0, "a cancelled waiter still counted as waiting (the server's gauge would creep up)"
