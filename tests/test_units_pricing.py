@@ -43,9 +43,11 @@ def test_a_dated_snapshot_gets_its_models_price(model: str, priced_as: str) -> N
 
 @pytest.mark.parametrize(
     "model",
-    [None, "", "claude-3-5-sonnet", "llama3.2", "GPT-4O-MINI", "gpt-4", "gpt-4omini", "my-gpt-4o"]
-    # another suffix is another model, not a snapshot of the base one (its price would be wrong)
-    + ["gpt-4o-realtime-preview", "gpt-3.5-turbo-instruct", "gpt-4o-mini ", "gpt-4o-mini-audio-preview-2024-12-17"],
+    [
+        *(None, "", "claude-3-5-sonnet", "llama3.2", "GPT-4O-MINI", "gpt-4", "gpt-4omini", "my-gpt-4o"),
+        # another suffix is another model, not a snapshot of the base one (its price would be wrong)
+        *("gpt-4o-realtime-preview", "gpt-3.5-turbo-instruct", "gpt-4o-mini ", "gpt-4o-mini-audio-preview-2024-12-17"),
+    ],
 )
 def test_an_unknown_model_has_no_price(model: str | None) -> None:
     table = PriceTable()
