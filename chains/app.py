@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +176,8 @@ def _check_output_files(options: RunOptions) -> None:
         if Path(options.metrics_out).resolve() == Path(options.output).resolve():
             raise UsageError(f"--metrics-out {options.metrics_out} is the --output file; pick another file")
     if options.metrics_out:
+        from chains.sinks import check_writable
+
         check_writable(options.metrics_out, "--metrics-out")
 
 
@@ -296,19 +297,9 @@ def _deliver(record: Any, sink: Any, live: GuardedStdout | None, stderr: Any) ->
 
 
 def write_json(path: str, data: Any, flag: str = "--metrics-out") -> None:
+    from chains.sinks import cannot_write
+
     try:
         Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
-        raise UsageError(f"{flag} {path}: cannot write ({exc.strerror}); pick a writable path") from exc
-
-
-def check_writable(path: str, flag: str) -> None:
-    """Fail now, not after the run is paid for, when ``path`` cannot be written; leave no new file behind."""
-    existed = os.path.lexists(path)
-    try:
-        # O_NONBLOCK: a FIFO with no reader is an error here, not a hang.
-        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666))
-    except OSError as exc:
-        raise UsageError(f"{flag} {path}: cannot write ({exc.strerror}); pick a writable path") from exc
-    if not existed:
-        os.unlink(path)
+        raise cannot_write(flag, path, exc) from exc
