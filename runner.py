@@ -255,7 +255,7 @@ def _settings(args: argparse.Namespace) -> object:
 
 
 def _dispatch(args: argparse.Namespace, prog: str) -> int:
-    from chains import app
+    from chains.cli import commands as app
 
     if args.command == "list":
         return app.list_command(args.prompts_dir, as_json=args.json)

@@ -248,12 +248,12 @@ async def project_lib(job: Job, tally: Tally, **options: Any) -> None:
     """The library API: ``ModelSession`` + ``get_chain`` + ``run_batch`` (metrics, limits, records on);
     streamed: ``RunSettings(stream=True)`` and a ``TokenStreamHandler`` as the token callback."""
     sys.path.insert(0, str(ROOT))
-    from chains.callbacks import TokenStreamHandler
-    from chains.execution import run_batch
-    from chains.models import ModelSession
-    from chains.prompts_library import PromptLibrary
-    from chains.registry import get_chain
+    from chains.engine.callbacks import TokenStreamHandler
+    from chains.engine.execution import run_batch
+    from chains.providers.models import ModelSession
     from chains.settings import RunSettings
+    from chains.spec.prompts_library import PromptLibrary
+    from chains.spec.registry import get_chain
 
     settings = RunSettings(
         model=f"openai:{MODEL}",

@@ -51,8 +51,8 @@ class Suite:
         self.log("warming up the bytecode cache ...")
         code = (
             "import openai, httpx, aiohttp, langchain_openai, langchain_core.runnables, langchain_core.prompts;"
-            "import chains.app, chains.execution, chains.models, chains.registry, chains.fake, chains.console,"
-            " chains.sinks, chains.inputs, chains.resume, chains.managed, chains.callbacks, runner\n"
+            "import chains.cli.commands, chains.engine.execution, chains.providers.models, chains.spec.registry, chains.providers.fake, chains.cli.console,"
+            " chains.io.sinks, chains.io.inputs, chains.engine.resume, chains.providers.managed, chains.engine.callbacks, runner\n"
             "try:\n import httpx_aiohttp\nexcept ImportError: pass"
         )
         for argv in ([PY, "-c", code], [PY, str(RUNNER), "list"]):

@@ -19,31 +19,31 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "get_chain": "chains.registry",
-    "list_chains": "chains.registry",
-    "chain_info": "chains.registry",
-    "ChainInfo": "chains.registry",
-    "build_story_chain": "chains.definitions",
-    "build_summarize_chain": "chains.definitions",
-    "build_translate_chain": "chains.definitions",
-    "compile_spec": "chains.definitions",
-    "PromptLibrary": "chains.prompts_library",
-    "PromptSpec": "chains.prompt_spec",
-    "load_spec": "chains.prompt_spec",
-    "run_batch": "chains.execution",
-    "stream_one": "chains.execution",
-    "BatchRun": "chains.execution",
-    "Record": "chains.execution",
-    "StreamEvent": "chains.execution",
+    "get_chain": "chains.spec.registry",
+    "list_chains": "chains.spec.registry",
+    "chain_info": "chains.spec.registry",
+    "ChainInfo": "chains.spec.registry",
+    "build_story_chain": "chains.spec.definitions",
+    "build_summarize_chain": "chains.spec.definitions",
+    "build_translate_chain": "chains.spec.definitions",
+    "compile_spec": "chains.spec.definitions",
+    "PromptLibrary": "chains.spec.prompts_library",
+    "PromptSpec": "chains.spec.prompt_spec",
+    "load_spec": "chains.spec.prompt_spec",
+    "run_batch": "chains.engine.execution",
+    "stream_one": "chains.engine.execution",
+    "BatchRun": "chains.engine.execution",
+    "Record": "chains.engine.execution",
+    "StreamEvent": "chains.engine.execution",
     "RunSettings": "chains.settings",
-    "ModelSession": "chains.models",
-    "ManagedChatModel": "chains.managed",
-    "FakeChatModel": "chains.fake",
-    "Limits": "chains.limits",
-    "RunSummary": "chains.metrics",
-    "ItemMetrics": "chains.metrics",
-    "MetricsHandler": "chains.callbacks",
-    "TokenStreamHandler": "chains.callbacks",
+    "ModelSession": "chains.providers.models",
+    "ManagedChatModel": "chains.providers.managed",
+    "FakeChatModel": "chains.providers.fake",
+    "Limits": "chains.engine.limits",
+    "RunSummary": "chains.engine.metrics",
+    "ItemMetrics": "chains.engine.metrics",
+    "MetricsHandler": "chains.engine.callbacks",
+    "TokenStreamHandler": "chains.engine.callbacks",
 }
 
 __all__ = [
@@ -107,22 +107,22 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from chains.callbacks import MetricsHandler, TokenStreamHandler
-    from chains.definitions import (
+    from chains.engine.callbacks import MetricsHandler, TokenStreamHandler
+    from chains.engine.execution import BatchRun, Record, StreamEvent, run_batch, stream_one
+    from chains.engine.limits import Limits
+    from chains.engine.metrics import ItemMetrics, RunSummary
+    from chains.providers.fake import FakeChatModel
+    from chains.providers.managed import ManagedChatModel
+    from chains.providers.models import ModelSession
+    from chains.settings import RunSettings
+    from chains.spec.definitions import (
         build_story_chain,
         build_summarize_chain,
         build_translate_chain,
         compile_spec,
     )
-    from chains.execution import BatchRun, Record, StreamEvent, run_batch, stream_one
-    from chains.fake import FakeChatModel
-    from chains.limits import Limits
-    from chains.managed import ManagedChatModel
-    from chains.metrics import ItemMetrics, RunSummary
-    from chains.models import ModelSession
-    from chains.prompt_spec import PromptSpec, load_spec
-    from chains.prompts_library import PromptLibrary
-    from chains.registry import ChainInfo, chain_info, get_chain, list_chains
-    from chains.settings import RunSettings
+    from chains.spec.prompt_spec import PromptSpec, load_spec
+    from chains.spec.prompts_library import PromptLibrary
+    from chains.spec.registry import ChainInfo, chain_info, get_chain, list_chains
 
     __version__: str

@@ -11,7 +11,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from pydantic import Field
 
-from chains.fake import FakeChatModel
+from chains.providers.fake import FakeChatModel
 
 
 class StatusError(Exception):

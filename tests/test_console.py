@@ -8,9 +8,9 @@ import pytest
 from langchain_core.runnables import RunnableLambda
 from rich.console import Console
 
-from chains.console import ProgressDisplay, rate_text, summary_table
-from chains.execution import BatchRun, Record
-from chains.metrics import ItemMetrics, RunSummary
+from chains.cli.console import ProgressDisplay, rate_text, summary_table
+from chains.engine.execution import BatchRun, Record
+from chains.engine.metrics import ItemMetrics, RunSummary
 
 
 def progress_line(width: int, *, ok: int = 0, failed: int = 0, not_run: int = 0, total: int = 100_000) -> str:

@@ -24,7 +24,7 @@ from conftest import ROOT, runner_env
 from fault_server import FaultServer
 
 import runner
-from chains.prompt_spec import parse_spec
+from chains.spec.prompt_spec import parse_spec
 
 NOTEBOOK_MARK = "<!-- notebook cell: top-level await -->"
 _FENCE = re.compile(r"^```(\w*)\s*$")

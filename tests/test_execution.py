@@ -23,7 +23,7 @@ from chains import (
     run_batch,
     stream_one,
 )
-from chains.retry import BackoffWait
+from chains.engine.retry import BackoffWait
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,8 +29,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chains
+from chains.engine.pricing import PriceTable
 from chains.errors import ChainRunnerError, UsageError
-from chains.pricing import PriceTable
 
 RUNNER = str(ROOT / "runner.py")
 CONSOLE_SCRIPT = Path(sys.executable).parent / "chain-runner"
@@ -398,7 +398,7 @@ def test_openai_itself_keeps_the_built_in_prices_and_a_file_adds_to_them(tmp_pat
 
 
 def test_the_session_prices_by_endpoint(tmp_path: Path) -> None:
-    from chains.models import ModelSession
+    from chains.providers.models import ModelSession
     from chains.settings import RunSettings
 
     def price(**values: Any) -> tuple[float, float] | None:
@@ -425,7 +425,7 @@ URLS = st.text(max_size=120) | st.from_regex(
 @settings(max_examples=300, deadline=None)
 @given(URLS)
 def test_any_base_url_gives_a_model_a_price_rule_and_at_most_a_one_line_notice(url: str) -> None:
-    from chains.models import builtin_prices_apply, resolve_model_spec
+    from chains.providers.models import builtin_prices_apply, resolve_model_spec
     from chains.settings import RunSettings
 
     try:

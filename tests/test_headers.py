@@ -15,9 +15,9 @@ from fakes import StatusError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chains.headers import DEFAULT_RETRY_AFTER_CAP, header_seconds, parse_reset, parse_retry_after
-from chains.ratelimit import RateLimiter
-from chains.retry import BackoffWait, classify
+from chains.engine.headers import DEFAULT_RETRY_AFTER_CAP, header_seconds, parse_reset, parse_retry_after
+from chains.engine.ratelimit import RateLimiter
+from chains.engine.retry import BackoffWait, classify
 
 HEADER_TEXT = st.one_of(
     st.text(max_size=80),

@@ -20,9 +20,9 @@ from conftest import ROOT, runner_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chains import inputs
 from chains.errors import ChainRunnerError, UsageError
-from chains.inputs import RowError, count_inputs, read_inputs, read_topics
+from chains.io import inputs
+from chains.io.inputs import RowError, count_inputs, read_inputs, read_topics
 
 BIG = "word " * 40_000  # 200,000 characters: over Python's default CSV field limit of 131,072
 DEEP_LIST = "[" * 1000 + "]" * 1000

@@ -58,7 +58,7 @@ from langchain_core.runnables import RunnableLambda, RunnableParallel
 
 import chains
 from chains import build_story_chain, get_chain, list_chains
-from chains.prompt_spec import packaged_prompts_dir
+from chains.spec.prompt_spec import packaged_prompts_dir
 
 SEEN = []
 

@@ -14,6 +14,15 @@ from hypothesis import strategies as st
 from langchain_core.exceptions import OutputParserException
 from langchain_core.runnables import RunnableLambda
 
+from chains.engine.execution import (
+    ANSWER_FIELDS,
+    BATCH_FIELDS,
+    LOG_FIELDS,
+    Record,
+    StreamEvent,
+    run_batch,
+)
+from chains.engine.metrics import ItemMetrics
 from chains.errors import (
     BudgetExceededError,
     InputError,
@@ -23,16 +32,7 @@ from chains.errors import (
     UnknownChainError,
     http_answer,
 )
-from chains.execution import (
-    ANSWER_FIELDS,
-    BATCH_FIELDS,
-    LOG_FIELDS,
-    Record,
-    StreamEvent,
-    run_batch,
-)
-from chains.metrics import ItemMetrics
-from chains.sinks import JsonlSink
+from chains.io.sinks import JsonlSink
 
 
 class Refused(ValueError):

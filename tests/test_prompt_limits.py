@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chains.errors import PromptSpecError
-from chains.prompt_spec import (
+from chains.spec.prompt_spec import (
     MAX_DEPTH,
     MAX_FILE_BYTES,
     MAX_NODES,
@@ -30,7 +30,7 @@ from chains.prompt_spec import (
     load_spec,
     parse_spec,
 )
-from chains.prompts_library import PromptLibrary
+from chains.spec.prompts_library import PromptLibrary
 
 MEMORY_CAP = 2 << 30
 TIMEOUT = 30
@@ -128,8 +128,8 @@ def parse_error(text: str) -> str:
 _PARSE_SCRIPT = """
 import sys
 from chains.errors import PromptSpecError
-from chains.prompt_spec import load_spec
-from chains.prompts_library import PromptLibrary
+from chains.spec.prompt_spec import load_spec
+from chains.spec.prompts_library import PromptLibrary
 from pathlib import Path
 path = Path(sys.argv[1])
 library = PromptLibrary([path.parent], include_packaged=False)
@@ -322,7 +322,7 @@ def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     path = tmp_path / "story.yaml"
     os.mkfifo(path)  # opening it for reading would wait for a writer forever
     script = (
-        "import sys, pathlib\nfrom chains.prompt_spec import load_spec\n"
+        "import sys, pathlib\nfrom chains.spec.prompt_spec import load_spec\n"
         "try: load_spec(pathlib.Path(sys.argv[1]))\nexcept Exception as e: print(type(e).__name__, e)"
     )
     done, _ = run_capped("-c", script, str(path))

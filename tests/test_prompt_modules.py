@@ -1,5 +1,5 @@
 """The prompt-file modules after issue 12's split: one helper for JSON paths, ``ChainInfo.prompts``,
-and the names other code imports from ``chains.prompt_spec`` still there."""
+and the names other code imports from ``chains.spec.prompt_spec`` still there."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from chains import prompt_spec, prompts_library
 from chains.errors import json_path
-from chains.prompts_library import PromptLibrary
-from chains.registry import chain_info, list_chains
+from chains.spec import prompt_spec, prompts_library
+from chains.spec.prompts_library import PromptLibrary
+from chains.spec.registry import chain_info, list_chains
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Tests for the declarative prompt-file format (chains/prompt_spec.py)."""
+"""Tests for the declarative prompt-file format (chains/spec/prompt_spec.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
 from chains.errors import PromptSpecError
-from chains.prompt_spec import (
+from chains.spec.prompt_spec import (
     PromptSpec,
     discover_specs,
     load_spec,

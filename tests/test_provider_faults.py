@@ -20,11 +20,11 @@ from conftest import ROOT, runner_env
 from fault_server import FaultServer
 from test_resilience import CHUNKS, STREAM_MODES, answer, describe, echo_library, echo_session, run_texts
 
-from chains.execution import run_batch
-from chains.models import ModelSession
-from chains.registry import get_chain
-from chains.retry import BackoffWait
+from chains.engine.execution import run_batch
+from chains.engine.retry import BackoffWait
+from chains.providers.models import ModelSession
 from chains.settings import RunSettings
+from chains.spec.registry import get_chain
 
 # ----------------------------------------------------------------------------- odd waits
 
@@ -203,7 +203,7 @@ async def test_the_attempt_deadline_holds_when_the_code_under_it_swallows_a_canc
     cancellation; ``asyncio.timeout`` would then let the attempt run on until the server stops."""
     import asyncio
 
-    from chains.deadline import AttemptTimeout, within
+    from chains.engine.deadline import AttemptTimeout, within
 
     stopped = asyncio.Event()
 

@@ -23,13 +23,13 @@ import pytest
 from fault_server import FaultServer
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 
-from chains.callbacks import TokenStreamHandler
-from chains.execution import Record, run_batch
-from chains.models import ModelSession
-from chains.prompts_library import PromptLibrary
-from chains.registry import get_chain
-from chains.retry import BackoffWait
+from chains.engine.callbacks import TokenStreamHandler
+from chains.engine.execution import Record, run_batch
+from chains.engine.retry import BackoffWait
+from chains.providers.models import ModelSession
 from chains.settings import RunSettings
+from chains.spec.prompts_library import PromptLibrary
+from chains.spec.registry import get_chain
 
 CHUNKS = 4
 STREAM_MODES = [pytest.param(False, id="json"), pytest.param(True, id="sse")]

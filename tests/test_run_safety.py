@@ -118,7 +118,7 @@ def test_resume_with_the_same_endpoint_spelled_differently_makes_no_request(
     ],
 )
 def test_the_same_model_has_one_identity(one: str, other: str) -> None:
-    from chains.resume import model_identity
+    from chains.engine.resume import model_identity
 
     assert model_identity("openai:m", one) == model_identity("openai:m", other)
 
@@ -133,7 +133,7 @@ def test_the_same_model_has_one_identity(one: str, other: str) -> None:
     ],
 )
 def test_different_endpoints_have_different_identities(one: str, other: str) -> None:
-    from chains.resume import model_identity
+    from chains.engine.resume import model_identity
 
     assert model_identity("openai:m", one) != model_identity("openai:m", other)
     assert model_identity("openai:m", one) != model_identity("openai:n", one)
@@ -308,7 +308,7 @@ def test_a_price_that_is_not_a_finite_non_negative_number_is_refused(
 
 
 def test_prices_accept_numbers_and_numeric_strings() -> None:
-    from chains.pricing import parse_prices
+    from chains.engine.pricing import parse_prices
 
     table = parse_prices(b'{"m": {"input": 0.15, "output": "0.6"}, "n": {"input": 0, "output": 2}}', "p.json")
     assert table == {"m": (0.15, 0.6), "n": (0.0, 2.0)}
@@ -316,7 +316,7 @@ def test_prices_accept_numbers_and_numeric_strings() -> None:
 
 
 def test_a_yaml_alias_bomb_is_refused_at_once() -> None:
-    from chains.pricing import parse_prices
+    from chains.engine.pricing import parse_prices
 
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
@@ -327,7 +327,7 @@ def test_a_yaml_alias_bomb_is_refused_at_once() -> None:
 
 
 def test_a_long_yaml_base_60_number_is_refused_at_once() -> None:
-    from chains.pricing import parse_prices
+    from chains.engine.pricing import parse_prices
 
     started = time.perf_counter()
     with pytest.raises(UsageError, match=r"--prices p.yaml: .*longer than"):
@@ -344,7 +344,7 @@ def test_a_huge_price_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def _check_prices(data: bytes, name: str) -> None:
-    from chains.pricing import parse_prices
+    from chains.engine.pricing import parse_prices
 
     try:
         table = parse_prices(data, name)
@@ -446,7 +446,7 @@ _CACHE_VALUES = (
 @settings(max_examples=300, deadline=None)
 @given(value=_CACHE_VALUES)
 def test_any_cache_value_is_a_hit_or_a_miss_never_an_error(value: str) -> None:
-    from chains.cache import SQLiteCache
+    from chains.providers.cache import SQLiteCache
 
     cache = SQLiteCache(":memory:")
     try:
@@ -510,7 +510,7 @@ def test_an_empty_base_url_from_the_environment_is_ignored(tmp_path: Path) -> No
     )
 )
 def test_base_url_check_raises_only_usage_errors(url: str) -> None:
-    from chains.resume import model_identity
+    from chains.engine.resume import model_identity
     from chains.settings import check_base_url
 
     try:

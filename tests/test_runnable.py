@@ -18,11 +18,11 @@ from fault_server import FaultServer
 from pydantic import BaseModel
 
 from chains import ModelSession, RunSettings, get_chain
+from chains.engine.limits import Limits
+from chains.engine.retry import BackoffWait
 from chains.errors import ProviderError
-from chains.fake import FakeChatModel
-from chains.limits import Limits
-from chains.managed import ManagedChatModel
-from chains.retry import BackoffWait
+from chains.providers.fake import FakeChatModel
+from chains.providers.managed import ManagedChatModel
 
 TEXT = {"text": "The sea was calm and the boats stayed in the harbour all day."}
 
@@ -226,8 +226,8 @@ async def test_the_metrics_handler_works_on_every_path(path: str) -> None:
     """Time to first token when streaming, and usage (reported or estimated) however the chain is run."""
     import time as clock
 
-    from chains.callbacks import MetricsHandler
-    from chains.metrics import ItemMetrics
+    from chains.engine.callbacks import MetricsHandler
+    from chains.engine.metrics import ItemMetrics
 
     item = ItemMetrics()
     config: Any = {"callbacks": [MetricsHandler(item, clock.perf_counter())]}

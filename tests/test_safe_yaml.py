@@ -1,4 +1,4 @@
-"""YAML from outside (issues 9 and 12): one bounded loader, ``chains/safe_yaml.py``, and its callers' errors.
+"""YAML from outside (issues 9 and 12): one bounded loader, ``chains/spec/safe_yaml.py``, and its callers' errors.
 
 The loader's own contract (plain data only, every limit and every syntax error one ``YamlError`` with a
 line and a column, bounded time for any text) and what a price file (``--prices FILE.yaml``) makes of it:
@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import runner
+from chains.engine.pricing import parse_prices
 from chains.errors import UsageError
-from chains.pricing import parse_prices
-from chains.safe_yaml import ALIASES, YamlError, load
+from chains.spec.safe_yaml import ALIASES, YamlError, load
 
 
 def one_error_line(stderr: str) -> str:

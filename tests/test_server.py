@@ -26,9 +26,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from chains.server import _bearer_key, create_app
+from chains.io.sinks import JsonlSink
+from chains.server import create_app
+from chains.server.middleware import bearer_key
 from chains.settings import RunSettings
-from chains.sinks import JsonlSink
 
 FAKE = RunSettings(model="fake")
 
@@ -676,14 +677,14 @@ async def test_the_bearer_scheme_is_case_insensitive_and_the_key_is_not() -> Non
 @settings(max_examples=300, deadline=None)
 @given(header=st.binary(max_size=64) | st.text(max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass")))
 def test_the_authorization_header_parser_takes_any_bytes(header: bytes) -> None:
-    key = _bearer_key(header)
+    key = bearer_key(header)
     assert key is None or (header.lower().startswith(b"bearer ") and header.endswith(key))
 
 
 @given(scheme=st.sampled_from(["bearer", "Bearer", "BEARER", "bEARER"]), spaces=st.integers(1, 5))
 @settings(max_examples=20, deadline=None)
 def test_the_bearer_key_is_found_after_any_case_and_spaces(scheme: str, spaces: int) -> None:
-    assert _bearer_key(f"{scheme}{' ' * spaces}the-key".encode()) == b"the-key"
+    assert bearer_key(f"{scheme}{' ' * spaces}the-key".encode()) == b"the-key"
 
 
 async def _read_events(lines: AsyncIterator[str], until: Any = None) -> list[tuple[str, Any]]:

@@ -51,9 +51,9 @@ from llama_server import MODEL_ALIAS
 from pytest_socket import SocketConnectBlockedError
 
 from chains import ModelSession, RunSettings
-from chains.fake import FakeChatModel, _fill
-from chains.limits import Limits
-from chains.managed import ManagedChatModel
+from chains.engine.limits import Limits
+from chains.providers.fake import FakeChatModel, _fill
+from chains.providers.managed import ManagedChatModel
 
 pytestmark = pytest.mark.allow_hosts(["127.0.0.1"])
 

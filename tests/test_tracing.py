@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import ROOT, runner_env
 
-from chains.tracing import disable_unreachable_tracing
+from chains.providers.tracing import disable_unreachable_tracing
 
 
 def closed_port() -> int:

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chains.engine.limits import ConcurrencyLimit, Limits
+from chains.engine.pricing import Budget
+from chains.engine.ratelimit import RateLimiter, Reservation
 from chains.errors import BudgetExceededError, InputError
-from chains.limits import ConcurrencyLimit, Limits
-from chains.pricing import Budget
-from chains.ratelimit import RateLimiter, Reservation
 
 START = 1000.0
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chains.engine.pricing import DEFAULT_PRICES, Budget, PriceTable
 from chains.errors import BudgetExceededError
-from chains.pricing import DEFAULT_PRICES, Budget, PriceTable
 
 # -- PriceTable ---------------------------------------------------------------------------------
 

@@ -18,9 +18,9 @@ from chains.errors import UsageError
 from chains.settings import RunSettings
 
 if TYPE_CHECKING:
-    from chains.execution import BatchRun
-    from chains.interrupt import RunStop
-    from chains.sinks import GuardedStdout
+    from chains.engine.execution import BatchRun
+    from chains.engine.interrupt import RunStop
+    from chains.io.sinks import GuardedStdout
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141
 SERVER_PACKAGES = frozenset({"fastapi", "starlette", "uvicorn", "sse_starlette", "prometheus_client"})
@@ -57,8 +57,8 @@ def server_module() -> Any:
 
 
 def list_command(prompts_dirs: list[str], as_json: bool = False) -> int:
-    from chains.prompts_library import PromptLibrary
-    from chains.registry import list_chains
+    from chains.spec.prompts_library import PromptLibrary
+    from chains.spec.registry import list_chains
 
     chains = list_chains(PromptLibrary(prompts_dirs))
     if as_json:
@@ -84,8 +84,8 @@ def _info_dict(info: Any) -> dict[str, Any]:
 
 
 def show_command(name: str, prompts_dirs: list[str]) -> int:
-    from chains.prompts_library import PromptLibrary
-    from chains.registry import HAND_WRITTEN, chain_info
+    from chains.spec.prompts_library import PromptLibrary
+    from chains.spec.registry import HAND_WRITTEN, chain_info
 
     library = PromptLibrary(prompts_dirs)
     info = chain_info(name, library)
@@ -115,7 +115,7 @@ def show_command(name: str, prompts_dirs: list[str]) -> int:
 
 def _check_tracing() -> None:
     """LangSmith tracing with an endpoint that does not answer would hold the run's exit for many seconds."""
-    from chains.tracing import disable_unreachable_tracing
+    from chains.providers.tracing import disable_unreachable_tracing
 
     warning = disable_unreachable_tracing()
     if warning:
@@ -124,9 +124,9 @@ def _check_tracing() -> None:
 
 async def run_command(options: RunOptions, settings: RunSettings) -> int:
     """``story`` / ``run``: every input to one record, a summary at the end."""
-    from chains.inputs import count_inputs, detect_format, read_inputs, read_topics
-    from chains.prompts_library import PromptLibrary
-    from chains.registry import chain_info
+    from chains.io.inputs import count_inputs, detect_format, read_inputs, read_topics
+    from chains.spec.prompts_library import PromptLibrary
+    from chains.spec.registry import chain_info
 
     _check_output_flags(options)
     _check_tracing()
@@ -167,7 +167,7 @@ def _check_output_flags(options: RunOptions) -> None:
 
 def _check_output_files(options: RunOptions) -> None:
     """Before anything is paid for: no output is the input or another output, and --metrics-out is writable."""
-    from chains.sinks import refuse_input_as_output
+    from chains.io.sinks import refuse_input_as_output
 
     refuse_input_as_output("--output", options.output, options.source)
     refuse_input_as_output("--metrics-out", options.metrics_out, options.source)
@@ -176,7 +176,7 @@ def _check_output_files(options: RunOptions) -> None:
         if Path(options.metrics_out).resolve() == Path(options.output).resolve():
             raise UsageError(f"--metrics-out {options.metrics_out} is the --output file; pick another file")
     if options.metrics_out:
-        from chains.sinks import check_writable
+        from chains.io.sinks import check_writable
 
         check_writable(options.metrics_out, "--metrics-out")
 
@@ -184,13 +184,13 @@ def _check_output_files(options: RunOptions) -> None:
 async def _run(
     options: RunOptions, settings: RunSettings, library: Any, info: Any, inputs: Any, total: int | None
 ) -> int:
-    from chains.callbacks import live_token_handler
-    from chains.execution import run_batch
-    from chains.interrupt import INTERRUPTED, STDOUT_CLOSED, RunStop
-    from chains.models import ModelSession
-    from chains.registry import get_chain
-    from chains.resume import done_keys, input_key
-    from chains.sinks import GuardedStdout, JsonlSink, TextSink
+    from chains.engine.callbacks import live_token_handler
+    from chains.engine.execution import run_batch
+    from chains.engine.interrupt import INTERRUPTED, STDOUT_CLOSED, RunStop
+    from chains.engine.resume import done_keys, input_key
+    from chains.io.sinks import GuardedStdout, JsonlSink, TextSink
+    from chains.providers.models import ModelSession
+    from chains.spec.registry import get_chain
 
     single = total == 1
     stream = options.stream if options.stream is not None else (single and not options.quiet)
@@ -200,7 +200,7 @@ async def _run(
     if not options.quiet:  # rich only when something is shown
         from rich.console import Console
 
-        from chains.console import ProgressDisplay, print_summary
+        from chains.cli.console import ProgressDisplay, print_summary
 
         stderr = Console(stderr=True)
     session = ModelSession(settings)
@@ -261,7 +261,7 @@ async def _consume(
     """Write each record as it finishes; after a stop, count the inputs it cancelled (they get no record)."""
     import asyncio
 
-    from chains.interrupt import no_ctrl_c_echo
+    from chains.engine.interrupt import no_ctrl_c_echo
 
     last = None
     with stop.signals(), no_ctrl_c_echo(sys.stderr if progress is not None else None):
@@ -297,7 +297,7 @@ def _deliver(record: Any, sink: Any, live: GuardedStdout | None, stderr: Any) ->
 
 
 def write_json(path: str, data: Any, flag: str = "--metrics-out") -> None:
-    from chains.sinks import cannot_write
+    from chains.io.sinks import cannot_write
 
     try:
         Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -31,7 +31,7 @@ from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 
-from chains.metrics import ItemMetrics, RunSummary, current_item
+from chains.engine.metrics import ItemMetrics, RunSummary, current_item
 
 INTERRUPTED = "interrupted"
 STDOUT_CLOSED = "stdout closed"

@@ -30,21 +30,28 @@ from __future__ import annotations
 
 import hashlib
 import re
-import string
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from chains import safe_yaml
 from chains.errors import PromptSpecError, clip
-from chains.output_schema import MAX_SCHEMA_DEPTH, MAX_SCHEMA_NODES, bounds_problem, validity_problem
-from chains.spec_errors import Problem, quoted, shown, spec_error, type_name
+from chains.spec import safe_yaml
+from chains.spec.messages import (
+    IDENTIFIER_RE,
+    Message,
+    PlaceholderMessage,
+    StrictModel,
+    TextMessage,
+    template_variables,
+)
+from chains.spec.output_schema import MAX_SCHEMA_DEPTH, MAX_SCHEMA_NODES, bounds_problem, validity_problem
+from chains.spec.spec_errors import Problem, quoted, shown, spec_error, type_name
 
 if TYPE_CHECKING:  # LangChain is imported only when a prompt is compiled: `list` stays fast
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.runnables import Runnable
 
-    from chains.prompts_library import discover_specs, load_spec, packaged_prompts_dir, resolve_spec_path
+    from chains.spec.prompts_library import discover_specs, load_spec, packaged_prompts_dir, resolve_spec_path
 
 __all__ = [
     "MAX_DEPTH",
@@ -71,7 +78,6 @@ __all__ = [
 
 NAME_RULE = "[a-z][a-z0-9_]*"
 _NAME_RE = re.compile(NAME_RULE)
-_IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ROLES = ("system", "human", "ai", "placeholder")
 
 MAX_FILE_BYTES = 1_000_000
@@ -84,89 +90,10 @@ MAX_NUMBER_CHARS = 100
 """Longer numbers are refused: YAML's base-60 ints (``1:2:3``) cost quadratic time to build."""
 
 
-def template_variables(template: str) -> list[str]:
-    """Return the variables of an f-string template, in order of first use.
-
-    Only plain names are allowed (``{topic}``); attribute or index access,
-    conversions and format specs are rejected with a ValueError saying so.
-    Literal braces are written ``{{`` and ``}}``.
-    """
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ValueError(f"unbalanced brace ({exc}); write literal braces as {{{{ and }}}}") from None
-    found: dict[str, None] = {}  # ordered and O(1) membership: a template may hold thousands of fields
-    for _literal, field, spec, conversion in parsed:
-        if field is None:
-            continue
-        shown = clip("{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}")
-        if field == "":
-            raise ValueError(
-                f"{shown} has no variable name; use a name like {{text}}, or write literal braces as {{{{ }}}}"
-            )
-        if conversion or spec:
-            raise ValueError(
-                f"{shown} uses a conversion or format spec; only plain names like "
-                f"{{{clip(field.split('.')[0].split('[')[0])}}} are allowed"
-            )
-        if not _IDENTIFIER_RE.fullmatch(field):
-            raise ValueError(
-                f"{shown} is not a plain variable name (no attribute access, indexing "
-                "or digits first); use a name like {text}"
-            )
-        found.setdefault(field)
-    return list(found)
-
-
 # --------------------------------------------------------------------------- models
 
 
-class _Strict(BaseModel):
-    """Base: unknown keys rejected, no type coercion (a YAML string is not a number)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class TextMessage(_Strict):
-    """A system, human or ai message whose content is an f-string template."""
-
-    role: Literal["system", "human", "ai"]
-    content: str = Field(min_length=1)
-
-    @field_validator("content")
-    @classmethod
-    def _plain_fields_only(cls, content: str) -> str:
-        template_variables(content)
-        return content
-
-    @property
-    def variables(self) -> list[str]:
-        return template_variables(self.content)
-
-
-class PlaceholderMessage(_Strict):
-    """Chat history inserted from a list of messages (a MessagesPlaceholder)."""
-
-    role: Literal["placeholder"]
-    variable: str
-    optional: bool = True
-
-    @field_validator("variable")
-    @classmethod
-    def _identifier(cls, variable: str) -> str:
-        if not _IDENTIFIER_RE.fullmatch(variable):
-            raise ValueError(f"{shown(variable)} is not a plain variable name; use a name like history")
-        return variable
-
-    @property
-    def variables(self) -> list[str]:
-        return [self.variable]
-
-
-Message = Annotated[TextMessage | PlaceholderMessage, Field(discriminator="role")]
-
-
-class ModelParams(_Strict):
+class ModelParams(StrictModel):
     """Model parameters; every one is optional and only set ones are passed on."""
 
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -178,7 +105,7 @@ class ModelParams(_Strict):
     seed: int | None = None
 
 
-class OutputSpec(_Strict):
+class OutputSpec(StrictModel):
     """What the model returns: plain text, or JSON matching ``schema``."""
 
     model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
@@ -207,7 +134,7 @@ class OutputSpec(_Strict):
         return self
 
 
-class PromptSpec(_Strict):
+class PromptSpec(StrictModel):
     """One validated prompt file.  Immutable; build it with ``load_spec``/``parse_spec``."""
 
     name: str
@@ -235,7 +162,7 @@ class PromptSpec(_Strict):
     @classmethod
     def _valid_variables(cls, names: list[str]) -> list[str]:
         for name in names:
-            if not _IDENTIFIER_RE.fullmatch(name):
+            if not IDENTIFIER_RE.fullmatch(name):
                 raise ValueError(f"{shown(name)} is not a plain variable name; use a name like text")
         seen: set[str] = set()
         for name in names:
@@ -357,7 +284,7 @@ class PromptSpec(_Strict):
         """Text: ``StrOutputParser``.  JSON: parse and validate against the schema."""
         from langchain_core.output_parsers import StrOutputParser
 
-        from chains.parsers import JsonSchemaOutputParser
+        from chains.spec.parsers import JsonSchemaOutputParser
 
         if self.output.kind == "json":
             assert self.output.json_schema is not None  # guaranteed by OutputSpec
@@ -457,12 +384,12 @@ _MOVED = ("discover_specs", "load_spec", "packaged_prompts_dir", "resolve_spec_p
 
 
 def __getattr__(name: str) -> Any:
-    """Names that moved to ``chains.prompts_library`` (finding and reading files), still importable from here.
+    """Names that moved to ``chains.spec.prompts_library`` (finding and reading files), still importable from here.
 
     Imported on first use: ``prompts_library`` imports this module.
     """
     if name in _MOVED:
-        from chains import prompts_library
+        from chains.spec import prompts_library
 
         return getattr(prompts_library, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

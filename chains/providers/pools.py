@@ -3,7 +3,7 @@
 An async HTTP pool (aiohttp's or httpx's) belongs to the event loop that first used it; a
 request on it from another loop fails ("attached to a different loop").  A session's model
 is used from more than one loop as soon as sync and async calls mix: sync ``invoke`` runs on
-the model's portal loop (``chains.portal``), ``await ainvoke`` on the caller's loop, and a
+the model's portal loop (``chains.providers.portal``), ``await ainvoke`` on the caller's loop, and a
 notebook does both.  ``LoopPools`` hands each loop its own inner model and pool, built on
 first use, and closes each pool on its own loop at the end.
 """

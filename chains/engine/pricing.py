@@ -110,7 +110,7 @@ def _load_json(text: str, path: str) -> object:
 
 
 def _load_yaml(text: str, path: str) -> object:
-    from chains import safe_yaml  # PyYAML is imported only when a price file is YAML
+    from chains.spec import safe_yaml  # PyYAML is imported only when a price file is YAML
 
     try:  # values: never more than the size limit already allows (about one per byte)
         return safe_yaml.load(text, max_depth=MAX_DEPTH, max_nodes=MAX_PRICES_BYTES, max_number_chars=MAX_NUMBER_CHARS)

@@ -16,13 +16,13 @@ from typing import Any, TextIO
 
 from langchain_core.language_models import BaseChatModel
 
-from chains.cache import SQLiteCache
+from chains.engine.limits import Limits
+from chains.engine.pricing import PriceTable
+from chains.engine.resume import OPENAI_ENDPOINT, model_identity, normalise_endpoint
 from chains.errors import ModelConfigError
-from chains.limits import Limits
-from chains.managed import ManagedChatModel
-from chains.pools import LoopPools
-from chains.pricing import PriceTable
-from chains.resume import OPENAI_ENDPOINT, model_identity, normalise_endpoint
+from chains.providers.cache import SQLiteCache
+from chains.providers.managed import ManagedChatModel
+from chains.providers.pools import LoopPools
 from chains.settings import DEFAULT_OPENAI_MODEL, FAKE_MODEL, RunSettings
 
 _SPEC = re.compile(r"^(?P<provider>[a-z][a-z0-9_-]*):(?P<name>\S+)$")
@@ -99,7 +99,7 @@ def _create_openai(spec: ModelSpec, settings: RunSettings, http_client: Any) -> 
         "base_url": settings.base_url,
         "max_retries": 0,  # the runner is the one retry layer
         "timeout": settings.timeout,
-        # No per-chunk timeout: the managed model bounds each attempt as a whole (chains/deadline.py), and
+        # No per-chunk timeout: the managed model bounds each attempt as a whole (chains/engine/deadline.py), and
         # langchain-openai's per-chunk asyncio.wait_for swallows that deadline's cancellation on Python 3.11.
         "stream_chunk_timeout": None,
         "stream_usage": True,  # also for custom base URLs, where it is off by default
@@ -246,7 +246,7 @@ class ModelSession:
     def _build_inner(self) -> tuple[BaseChatModel, Any]:
         """A provider model and the HTTP client it owns (None when there is none to close)."""
         if self.spec.provider == FAKE_MODEL:
-            from chains.fake import FakeChatModel
+            from chains.providers.fake import FakeChatModel
 
             return FakeChatModel(token_delay=self.settings.fake_token_delay), None
         if self.spec.provider == "openai":
@@ -256,7 +256,7 @@ class ModelSession:
 
     @property
     def identity(self) -> str:
-        """The model and its normalised endpoint, as part of resume keys (see ``chains.resume.model_identity``)."""
+        """The model and its normalised endpoint, as part of resume keys (see ``chains.engine.resume.model_identity``)."""
         return model_identity(str(self.spec), self.settings.base_url)
 
     def announce(self, stream: TextIO | None = None) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnablePassthrough
 
-from chains.callbacks import INTERMEDIATE
-from chains.prompt_spec import PromptSpec
-from chains.prompts_library import PromptLibrary, default_library
+from chains.engine.callbacks import INTERMEDIATE
+from chains.spec.prompt_spec import PromptSpec
+from chains.spec.prompts_library import PromptLibrary, default_library
 
 
 def compile_spec(spec: PromptSpec, model: BaseChatModel) -> Runnable[dict[str, Any], Any]:

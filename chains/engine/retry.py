@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from chains.engine.headers import DEFAULT_RETRY_AFTER_CAP, parse_retry_after
 from chains.errors import ProviderError
-from chains.headers import DEFAULT_RETRY_AFTER_CAP, parse_retry_after
 
 if TYPE_CHECKING:  # tenacity is imported only when a request is actually retried
     from tenacity import RetryCallState

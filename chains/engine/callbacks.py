@@ -17,7 +17,7 @@ from uuid import UUID
 from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
 
-from chains.metrics import ItemMetrics
+from chains.engine.metrics import ItemMetrics
 
 INTERMEDIATE = "chain-runner:intermediate"
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chains.errors import UnknownChainError
-from chains.prompts_library import PromptLibrary, default_library
+from chains.spec.prompts_library import PromptLibrary, default_library
 
 if TYPE_CHECKING:  # building chains imports LangChain; listing them does not
     from langchain_core.language_models import BaseChatModel
@@ -38,12 +38,12 @@ class HandWritten:
 
 HAND_WRITTEN: dict[str, HandWritten] = {
     "story": HandWritten(
-        "chains.definitions:build_story_chain",
+        "chains.spec.definitions:build_story_chain",
         ("story_outline", "story"),
         "Write a children's story about a topic: a short outline first, then the story from it.",
     ),
-    "summarize": HandWritten("chains.definitions:build_summarize_chain", ("summarize",)),
-    "translate": HandWritten("chains.definitions:build_translate_chain", ("translate",)),
+    "summarize": HandWritten("chains.spec.definitions:build_summarize_chain", ("summarize",)),
+    "translate": HandWritten("chains.spec.definitions:build_translate_chain", ("translate",)),
 }
 
 
@@ -113,7 +113,7 @@ def list_chains(library: PromptLibrary | None = None) -> list[ChainInfo]:
 
 def default_model() -> BaseChatModel:
     """The model used when none is given: OpenAI with a key, else the offline model."""
-    from chains.models import ModelSession
+    from chains.providers.models import ModelSession
 
     session = ModelSession()
     if session.notice:
@@ -134,6 +134,6 @@ def get_chain(
         module, _, function = entry.builder.partition(":")
         builder: Builder = getattr(importlib.import_module(module), function)
         return builder(llm, library=prompts)
-    from chains.definitions import compile_spec
+    from chains.spec.definitions import compile_spec
 
     return compile_spec(prompts.spec(name), llm)

@@ -15,43 +15,28 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.language_models.chat_models import generate_from_stream
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
-from chains.deadline import within
-from chains.errors import ProviderError
-from chains.limits import Limits, active_limits
-from chains.metrics import ItemMetrics, current_item
-from chains.portal import Portal
-from chains.retry import BackoffWait, BrokenStreamError, Failure, NoAnswerError, classify, final_error, redact
-from chains.tokens import counter_for
+from chains.engine.deadline import within
+from chains.engine.limits import Limits, active_limits
+from chains.engine.metrics import ItemMetrics, current_item
+from chains.engine.retry import BackoffWait, BrokenStreamError, Failure, NoAnswerError, classify, final_error
+from chains.providers.portal import Portal
+from chains.providers.streaming import Call, finish_reason, stream_to_consumer
+from chains.providers.tokens import counter_for
 
 log = logging.getLogger("chains.requests")
-
-
-def _finish_reason(chunks: list[ChatGenerationChunk]) -> str | None:
-    for chunk in reversed(chunks):
-        info = chunk.generation_info or {}
-        reason = info.get("finish_reason") or chunk.message.response_metadata.get("finish_reason")
-        if reason:
-            return str(reason)
-    return None
-
-
-def _has_content(chunk: ChatGenerationChunk) -> bool:
-    message = chunk.message
-    return bool(message.content) or bool(getattr(message, "tool_call_chunks", None))
 
 
 def _headers(result: ChatResult) -> Any:
@@ -63,18 +48,6 @@ def _headers(result: ChatResult) -> Any:
     return info.get("headers") or generation.message.response_metadata.get("headers")
 
 
-@dataclass(slots=True)
-class _Call:
-    """One model call as the attempts of it see it."""
-
-    messages: list[BaseMessage]
-    stop: list[str] | None
-    run_manager: AsyncCallbackManagerForLLMRun | None
-    params: dict[str, Any]
-    stream: bool
-    limits: Limits | None
-
-
 class ManagedChatModel(BaseChatModel):
     """A chat model with the run's limits, one retry layer and usage accounting."""
 
@@ -84,7 +57,7 @@ class ManagedChatModel(BaseChatModel):
     """The provider's model; its own SDK retries should be off (``max_retries=0``)."""
     inner_for_loop: Callable[[asyncio.AbstractEventLoop], BaseChatModel] | None = Field(default=None, exclude=True)
     """The inner model to use on a given event loop (``ModelSession`` gives each loop its own HTTP pool,
-    see ``chains.pools``).  Without it, ``inner`` serves every loop: fine for a model that holds no
+    see ``chains.providers.pools``).  Without it, ``inner`` serves every loop: fine for a model that holds no
     loop-bound resources, or that is only ever used from one loop."""
     stream_requests: bool = False
     """The runner's own streaming (``RunSettings.stream``): stream each request, report its tokens
@@ -97,7 +70,7 @@ class ManagedChatModel(BaseChatModel):
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Request parameters that win over those bound by a prompt file (the CLI's flags)."""
     limits: Limits | None = None
-    """Fallback limits when no run has installed its own (see ``chains.limits``)."""
+    """Fallback limits when no run has installed its own (see ``chains.engine.limits``)."""
     base_url: str | None = None
     token_model: str | None = None
     """Model name used to pick a tokenizer for estimates."""
@@ -217,7 +190,7 @@ class ManagedChatModel(BaseChatModel):
     ) -> ChatResult:
         params = self._params(kwargs)
         stream = bool(params.pop("stream", self.stream_requests))
-        call = _Call(messages, self._stop(stop), run_manager, params, stream, active_limits() or self.limits)
+        call = Call(messages, self._stop(stop), run_manager, params, stream, active_limits() or self.limits)
         limits = call.limits
         try:  # the first attempt goes straight through: no retry machinery on the hot path
             result = await self._attempt(call)
@@ -246,7 +219,7 @@ class ManagedChatModel(BaseChatModel):
         """The inner model's keys (its ``SecretStr`` fields): providers echo a refused key in their message."""
         return [value.get_secret_value() for _name, value in self.inner if isinstance(value, SecretStr) and value]
 
-    async def _retry(self, first: Exception, call: _Call) -> ChatResult:
+    async def _retry(self, first: Exception, call: Call) -> ChatResult:
         """Attempts 2..max_retries+1 with tenacity; the first attempt's failure is replayed as attempt 1."""
         from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
@@ -300,14 +273,14 @@ class ManagedChatModel(BaseChatModel):
             f" (Retry-After {failure.retry_after:g}s)" if failure.retry_after is not None else "",
         )
 
-    async def _attempt(self, call: _Call) -> ChatResult:
+    async def _attempt(self, call: Call) -> ChatResult:
         async with self._booked(call) as settle:
             result = await self._request_within_deadline(call)
             settle(result)
             return result
 
     @asynccontextmanager
-    async def _booked(self, call: _Call) -> AsyncIterator[Callable[[ChatResult], None]]:
+    async def _booked(self, call: Call) -> AsyncIterator[Callable[[ChatResult], None]]:
         """One request's share of the run's limits, held while it is in flight; ``settle(result)``
         replaces the estimates with the real (or estimated) usage and books its cost."""
         limits = call.limits
@@ -334,13 +307,13 @@ class ManagedChatModel(BaseChatModel):
 
             yield settle
 
-    async def _request_within_deadline(self, call: _Call) -> ChatResult:
+    async def _request_within_deadline(self, call: Call) -> ChatResult:
         """One attempt, bounded as a whole by ``timeout``: the HTTP client's timeouts bound each
         read, so an answer that keeps trickling bytes (a model looping without a finish reason, a
         proxy keeping the connection alive) would otherwise hold its worker forever."""
         return await within(self.timeout, self._request(call))
 
-    async def _request(self, call: _Call) -> ChatResult:
+    async def _request(self, call: Call) -> ChatResult:
         """One attempt at the provider; a streamed answer must end with a finish reason."""
         if not call.stream:
             result = await self._inner()._agenerate(call.messages, stop=call.stop, **call.params)
@@ -360,11 +333,9 @@ class ManagedChatModel(BaseChatModel):
                 chunks.append(chunk)
         if not chunks:
             raise BrokenStreamError("the stream ended before any content")
-        if _finish_reason(chunks) is None:
+        if finish_reason(chunks) is None:
             raise BrokenStreamError("the stream ended without a finish reason")
         return generate_from_stream(iter(chunks))
-
-    # -- streaming to a consumer (astream, astream_events, stream)
 
     async def _astream(
         self,
@@ -373,103 +344,11 @@ class ManagedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        """Chunks as they arrive, with the run's limits, deadline and usage accounting.
-
-        Until the first piece of content has reached the consumer a failed attempt is retried as
-        any other; after it, the consumer has seen text that a retry could not take back, so a
-        broken stream fails with a ``ProviderError`` saying so, and is never silently retried.
-        (The runner's own streaming, ``stream_requests``, buffers and can retry: see README.)
-        """
-        params = self._params(kwargs)
-        params.pop("stream", None)
-        call = _Call(messages, self._stop(stop), None, params, True, active_limits() or self.limits)
-        item = current_item()
-        attempt = 1
-        while True:
-            source = self._stream_attempt(call)
-            try:
-                first = await anext(source)
-                break
-            except Exception as exc:
-                await source.aclose()
-                failure = classify(exc)
-                if not failure.retryable or attempt > self.max_retries:
-                    error = self._final(exc, failure, attempt)
-                    if error is exc:
-                        raise
-                    raise error from exc
-                sleep = self.wait.for_failure(failure, attempt)
-                self._note_retry(failure, attempt, sleep, call.limits, item)
-                await asyncio.sleep(sleep)
-                attempt += 1
-        async with aclosing(source):
-            yield first
-            try:
-                async for chunk in source:
-                    yield chunk
-            except Exception as exc:
-                raise self._broken_after_delivery(exc, attempt) from exc
-        if call.limits is not None:
-            call.limits.concurrency.succeeded()
-
-    def _broken_after_delivery(self, exc: Exception, attempts: int) -> Exception:
-        failure = classify(exc)
-        if not failure.provider:
-            return exc
-        message = (
-            f"{failure.reason} after part of the answer had been streamed to the caller: not retried, since the "
-            "caller has already seen that text; run the input again (or stream through run_batch/stream_one, "
-            "which discard a failed attempt's text and retry)"
-        )
-        return ProviderError(
-            redact(message, self._secrets()), status=failure.status, retryable=failure.retryable, attempts=attempts
-        )
-
-    async def _stream_attempt(self, call: _Call) -> AsyncGenerator[ChatGenerationChunk, None]:
-        """One streamed attempt: nothing is yielded before the first content, so that everything
-        up to it can be retried; the attempt as a whole ends by ``timeout``."""
-        deadline = asyncio.get_running_loop().time() + self.timeout
-        async with self._booked(call) as settle:
-            source = cast(
-                AsyncGenerator[ChatGenerationChunk, None],
-                self._inner()._astream(call.messages, stop=call.stop, **call.params),
-            )
-            chunks: list[ChatGenerationChunk] = []
-            held: list[ChatGenerationChunk] | None = []  # chunks before the first content
-            async with aclosing(source):
-                while True:
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            chunk = await anext(source)
-                    except StopAsyncIteration:
-                        break
-                    chunks.append(chunk)
-                    if held is not None:
-                        held.append(chunk)
-                        if not _has_content(chunk):
-                            continue
-                        chunk, rest = held[-1], held[:-1]
-                        held = None
-                        for early in rest:
-                            yield early
-                    yield chunk
-            if not chunks:
-                raise BrokenStreamError("the stream ended before any content")
-            if _finish_reason(chunks) is None:
-                raise BrokenStreamError("the stream ended without a finish reason")
-            for early in held or ():  # an answer with no content at all (an empty reply)
-                yield early
-            result = generate_from_stream(iter(chunks))
-            estimated = getattr(result.generations[0].message, "usage_metadata", None) is None
-            settle(result)  # fills in estimated usage when the provider sent none
-            self._account(call.messages, result)
-            if estimated:
-                usage = cast(AIMessage, result.generations[0].message).usage_metadata
-                yield ChatGenerationChunk(
-                    message=AIMessageChunk(
-                        content="", usage_metadata=usage, response_metadata={"usage_estimated": True}
-                    )
-                )
+        """To a consumer (``astream``, ``astream_events``, ``stream``): retried only before the first content
+        (``chains.providers.streaming``)."""
+        async with aclosing(stream_to_consumer(self, messages, stop, run_manager, **kwargs)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     def _usage(self, messages: list[BaseMessage], result: ChatResult) -> UsageMetadata:
         """The answer's usage; estimated (and marked so) when the provider sent none."""

@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from chains.engine.pricing import Budget, PriceTable
+from chains.engine.ratelimit import RateLimiter, Reservation
 from chains.errors import BudgetExceededError
-from chains.pricing import Budget, PriceTable
-from chains.ratelimit import RateLimiter, Reservation
 
 
 class ConcurrencyLimit:

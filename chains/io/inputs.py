@@ -16,25 +16,31 @@ exact), and with ``utf-8-sig`` so the byte-order mark Excel writes is dropped.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, TextIO
 
 from chains.errors import ChainRunnerError, InputError, UsageError
+from chains.io.text_file import (
+    PREVIEW_CHARS,
+    STDIN,
+    bounded_lines,
+    clean,
+    close_text,
+    line_pieces,
+    not_utf8,
+    open_text,
+    too_long,
+)
 
-STDIN = "-"
 MAX_ROW_CHARS = 32 * 1024 * 1024
 """The longest line (JSONL, plain lines, topics) or CSV record, line endings included."""
 MAX_JSON_DEPTH = 100
 """The deepest nesting a JSONL row may have: far beyond real data, far below Python's recursion limit."""
-_SNIFF_BYTES = 8192
-_PREVIEW_CHARS = 80
-_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -46,129 +52,6 @@ class RowError(InputError):
         self.input = row
 
 
-# -- opening: one up-front check that the file is text at all -----------------------------------
-
-
-def _open(path: str, flag: str) -> TextIO:
-    """The file as UTF-8 text (BOM dropped, bad bytes escaped), after refusing binary and UTF-16 files."""
-    if path == STDIN:
-        binary: BinaryIO | None = getattr(sys.stdin, "buffer", None)
-        if binary is None:  # stdin replaced by a text stream (a notebook, a test): use it as it is
-            return sys.stdin
-    else:
-        binary = _open_file(path, flag)
-    try:
-        _refuse_non_text(_peek(binary), path, flag)
-    except UsageError:
-        if path != STDIN:
-            binary.close()
-        raise
-    return io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
-
-
-def _open_file(path: str, flag: str) -> BinaryIO:
-    file = Path(path)
-    if not file.exists():
-        raise UsageError(f"{flag} {path}: no such file; check the path (use - to read standard input)")
-    if file.is_dir():
-        raise UsageError(f"{flag} {path}: is a directory; pass a file")
-    try:
-        return file.open("rb")
-    except OSError as exc:
-        raise UsageError(f"{flag} {path}: cannot read ({exc.strerror}); check its permissions") from exc
-
-
-def _peek(binary: BinaryIO) -> bytes:
-    peek = getattr(binary, "peek", None)
-    return bytes(peek(_SNIFF_BYTES)[:_SNIFF_BYTES]) if peek is not None else b""
-
-
-def _refuse_non_text(head: bytes, path: str, flag: str) -> None:
-    """A whole file that is not UTF-8 text is one clear line up front, not one error record per line.
-
-    NUL bytes never occur in CSV, JSONL or text someone means to send to a model, and always occur
-    in UTF-16 text, spreadsheets, archives and executables.
-    """
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise UsageError(f"{flag} {path}: saved as UTF-16; save it as UTF-8")
-    nul = head.find(b"\x00")
-    if nul >= 0:
-        raise UsageError(
-            f"{flag} {path}: not a text file (NUL byte at offset {nul}); pass a UTF-8 .jsonl, .csv or text file"
-        )
-
-
-def _close(handle: TextIO) -> None:
-    """Close a file; give standard input back untouched."""
-    if handle is sys.stdin:
-        return
-    if isinstance(handle, io.TextIOWrapper) and handle.buffer is getattr(sys.stdin, "buffer", None):
-        handle.detach()
-        return
-    handle.close()
-
-
-# -- physical lines, bounded ------------------------------------------------------------------
-
-
-def _pieces(handle: TextIO, size: int) -> Iterator[tuple[int, str, bool]]:
-    """``(line number, piece, ends its line)``: lines of at most ``size`` characters, longer ones in pieces.
-
-    Lines end at ``\\n``, ``\\r`` or ``\\r\\n`` (kept), as the ``csv`` module expects.
-    """
-    number, cut_after_cr = 1, False
-    try:
-        while piece := handle.readline(size):
-            if cut_after_cr and piece == "\n":  # the size limit fell inside a \r\n: same line
-                number -= 1
-            ends = len(piece) < size or piece[-1] in "\r\n"
-            yield number, piece, ends
-            number += ends
-            cut_after_cr = len(piece) == size and piece[-1] == "\r"
-    except UnicodeDecodeError as exc:  # only a text-mode stdin we did not open can get here
-        raise UsageError(f"input is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
-
-
-@dataclass(frozen=True, slots=True)
-class _Line:
-    number: int
-    text: str
-    """The whole line; for a line that is too long, its first characters."""
-    too_long: bool = False
-
-
-def _lines(handle: TextIO, max_chars: int) -> Iterator[_Line]:
-    """Every line; one longer than ``max_chars`` is skipped in pieces, never held whole."""
-    pieces = _pieces(handle, max_chars + 1)
-    for number, piece, ends in pieces:
-        if len(piece) <= max_chars:
-            yield _Line(number, piece)
-            continue
-        preview = piece[:_PREVIEW_CHARS]
-        del piece
-        while not ends:
-            ends = next(pieces, (0, "", True))[2]
-        yield _Line(number, preview, too_long=True)
-
-
-def _not_utf8(where: str, text: str) -> str | None:
-    """The message for a line holding bytes that are not UTF-8 (escaped as U+DC80..U+DCFF), if any."""
-    found = _ESCAPED_BYTE.search(text)
-    if found is None:
-        return None
-    byte = ord(found.group()) - 0xDC00
-    return f"{where}: not UTF-8 text (byte 0x{byte:02x} at column {found.start() + 1}); save the file as UTF-8"
-
-
-def _clean(text: str) -> str:
-    """Escaped bad bytes as U+FFFD, so the row can be written into its error record."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def _too_long(where: str, what: str, max_chars: int, fix: str) -> str:
-    return f"{where}: {what} is longer than {max_chars:,} characters; {fix}"
-
-
 # -- line formats: topics, plain lines, JSONL -------------------------------------------------
 
 Entry = tuple[str, str] | RowError
@@ -178,20 +61,20 @@ Entry = tuple[str, str] | RowError
 def _entries(handle: TextIO, path: str, max_chars: int, wrap: Callable[[str], Any]) -> Iterator[Entry]:
     """Lines with something on them; ``wrap`` turns a bad line's text into the row its error record shows."""
     try:
-        for line in _lines(handle, max_chars):
+        for line in bounded_lines(handle, max_chars):
             text = line.text.strip()
             if line.text.lstrip().startswith("#") or not (text or line.too_long):
                 continue
             where = f"{path} line {line.number}"
             if line.too_long:
-                message = _too_long(where, "line", max_chars, "shorten the line or split it")
-                yield RowError(message, wrap(_clean(line.text) + "…"))
-            elif (message_ := _not_utf8(where, line.text)) is not None:
-                yield RowError(message_, wrap(_clean(text)))
+                message = too_long(where, "line", max_chars, "shorten the line or split it")
+                yield RowError(message, wrap(clean(line.text) + "…"))
+            elif (message_ := not_utf8(where, line.text)) is not None:
+                yield RowError(message_, wrap(clean(text)))
             else:
                 yield where, text
     finally:
-        _close(handle)
+        close_text(handle)
 
 
 def _one_variable(entries: Iterator[Entry], variable: str) -> Iterator[Any]:
@@ -221,7 +104,7 @@ def _json_row(where: str, text: str, *, chain: str, required: Sequence[str]) -> 
     if problem == "deep":
         return RowError(_too_deep(where), text)
     if problem == "surrogate":
-        return RowError(f"{where}: the row has a lone surrogate escape (\\ud800-\\udfff); fix the line", _clean(text))
+        return RowError(f"{where}: the row has a lone surrogate escape (\\ud800-\\udfff); fix the line", clean(text))
     return _check(row, where, required, chain)
 
 
@@ -327,7 +210,7 @@ class _Record:
     def add(self, piece: str, max_chars: int) -> None:
         self.size += len(piece)
         if self.preview is None and self.size > max_chars:
-            self.preview = (self.lines[0] if self.lines else piece)[:_PREVIEW_CHARS]
+            self.preview = (self.lines[0] if self.lines else piece)[:PREVIEW_CHARS]
             self.lines.clear()
         elif self.preview is None:
             self.lines.append(piece)
@@ -337,7 +220,7 @@ def _csv_records(handle: TextIO, max_chars: int) -> Iterator[_Record]:
     """The physical lines of each CSV record; a record over ``max_chars`` is skipped to its real end."""
     scan = _QuoteScan()
     record: _Record | None = None
-    for number, piece, ends in _pieces(handle, max_chars + 1):
+    for number, piece, ends in line_pieces(handle, max_chars + 1):
         record = record or _Record(number)
         scan.feed(piece)
         record.add(piece, max_chars)
@@ -368,7 +251,7 @@ def _csv(handle: TextIO, path: str, chain: str, required: Sequence[str], max_cha
             if item is not None:
                 yield item
     finally:
-        _close(handle)
+        close_text(handle)
 
 
 def _csv_header(records: Iterator[_Record], path: str, max_chars: int) -> list[str]:
@@ -376,7 +259,7 @@ def _csv_header(records: Iterator[_Record], path: str, max_chars: int) -> list[s
     for record in records:
         where = f"--input {path} line {record.number}"
         if record.preview is not None:
-            raise UsageError(_too_long(where, "the CSV header", max_chars, "fix the header line"))
+            raise UsageError(too_long(where, "the CSV header", max_chars, "fix the header line"))
         try:
             fields = _fields(record)
         except csv.Error as exc:
@@ -384,7 +267,7 @@ def _csv_header(records: Iterator[_Record], path: str, max_chars: int) -> list[s
         if not fields:
             continue
         for offset, line in enumerate(record.lines):
-            if (message := _not_utf8(f"--input {path} line {record.number + offset}", line)) is not None:
+            if (message := not_utf8(f"--input {path} line {record.number + offset}", line)) is not None:
                 raise UsageError(message)
         return fields
     return []
@@ -395,19 +278,19 @@ def _csv_row(record: _Record, header: list[str], path: str, chain: str, required
     where = f"{path} line {record.number}"
     if record.preview is not None:
         fix = "shorten the row or split it into several rows"
-        return RowError(_too_long(where, "row", max_chars, fix), _clean(record.preview) + "…")
+        return RowError(too_long(where, "row", max_chars, fix), clean(record.preview) + "…")
     try:
         fields = _fields(record)
     except csv.Error as exc:
-        return RowError(f"{where}: not valid CSV ({exc}); fix the row", _clean("".join(record.lines)))
+        return RowError(f"{where}: not valid CSV ({exc}); fix the row", clean("".join(record.lines)))
     if not any(value.strip() for value in fields):
         return None
     row: dict[str, Any] = dict(zip(header, fields, strict=False))
     for name in header[len(fields) :]:
         row[name] = None
     for offset, line in enumerate(record.lines):
-        if (message := _not_utf8(f"{path} line {record.number + offset}", line)) is not None:
-            return RowError(message, {name: _clean(value) if value else value for name, value in row.items()})
+        if (message := not_utf8(f"{path} line {record.number + offset}", line)) is not None:
+            return RowError(message, {name: clean(value) if value else value for name, value in row.items()})
     return _check(row, where, required, chain)
 
 
@@ -442,7 +325,7 @@ def _non_empty(rows: Iterator[Any], path: str, flag: str, what: str) -> Rows:
 
 def read_topics(path: str, variable: str = "topic", *, max_chars: int = MAX_ROW_CHARS) -> Rows:
     """One topic per line; blank lines and ``#`` lines skipped; ``-`` reads stdin."""
-    entries = _entries(_open(path, "--topics"), path, max_chars, lambda text: {variable: text})
+    entries = _entries(open_text(path, "--topics"), path, max_chars, lambda text: {variable: text})
     return _non_empty(_one_variable(entries, variable), path, "--topics", "topics")
 
 
@@ -460,14 +343,14 @@ def read_inputs(
 ) -> Rows:
     """Rows for ``chain`` from JSONL objects, CSV with a header, or plain lines (one-variable chains)."""
     fmt = fmt or detect_format(path)
-    handle = _open(path, "--input")
+    handle = open_text(path, "--input")
     if fmt == "jsonl":
         rows: Iterator[Any] = _jsonl(_entries(handle, path, max_chars, lambda text: text), chain, required)
     elif fmt == "csv":
         rows = _csv(handle, path, chain, required, max_chars)
     else:
         if len(required) != 1:
-            _close(handle)
+            close_text(handle)
             raise UsageError(
                 f"--input {path}: plain lines only fit a chain with one input, but {chain} needs "
                 f"{', '.join(required)}; use a .jsonl or .csv file with those fields"
@@ -487,7 +370,7 @@ def count_inputs(path: str, fmt: str, *, max_chars: int = MAX_ROW_CHARS) -> int 
     if path == STDIN:
         return None
     try:
-        handle = _open(path, "--input")
+        handle = open_text(path, "--input")
         if fmt == "csv":
             rows: Iterator[Any] = _csv(handle, path, "", (), max_chars)
         else:

@@ -25,10 +25,10 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import Runnable
 
-from chains.callbacks import MetricsHandler, TokenStreamHandler
+from chains.engine.callbacks import MetricsHandler, TokenStreamHandler
+from chains.engine.limits import Limits, install_limits
+from chains.engine.metrics import ItemMetrics, ItemStatus, RunSummary, set_current_item
 from chains.errors import BudgetExceededError, ProviderError
-from chains.limits import Limits, install_limits
-from chains.metrics import ItemMetrics, ItemStatus, RunSummary, set_current_item
 from chains.settings import RunSettings
 
 Input = dict[str, Any]

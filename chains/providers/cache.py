@@ -20,8 +20,8 @@ from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
 
+from chains.engine.metrics import current_item
 from chains.errors import UsageError
-from chains.metrics import current_item
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Column, Table
 
-from chains.execution import BatchRun, Record
+from chains.engine.execution import BatchRun, Record
 
 _BAR_MIN = 5
 _SHOWN_WAIT_S = 0.05

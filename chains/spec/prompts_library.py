@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chains.errors import PromptSpecError, UsageError
-from chains.prompt_spec import MAX_FILE_BYTES, NAME_RULE, PromptSpec, file_too_big, parse_spec
+from chains.spec.prompt_spec import MAX_FILE_BYTES, NAME_RULE, PromptSpec, file_too_big, parse_spec
 
 __all__ = [
     "PromptLibrary",

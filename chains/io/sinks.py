@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from chains.engine.execution import Record
 from chains.errors import UsageError
-from chains.execution import Record
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from chains.engine.headers import parse_reset
 from chains.errors import InputError
-from chains.headers import parse_reset
 
-log = logging.getLogger("chains.limits")
+log = logging.getLogger("chains.engine.limits")
 
 
 class Reservation:
