@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,3 +60,31 @@ def runner_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
+
+
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python runner.py ARGS`` as a user runs it, in ``cwd``, with the isolated environment."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "runner.py"), *args],
+        cwd=cwd,
+        env=env or runner_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_error_line(stderr: str) -> str:
+    """The promise for bad input: one line, starting ``error:``, and no traceback."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    """The JSON records of an --output file, in the order they were written."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]

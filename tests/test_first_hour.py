@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, runner_env
+from conftest import ROOT, cli, one_error_line, records, runner_env
 from fault_server import FaultServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,31 +34,6 @@ from chains.errors import ChainRunnerError, UsageError
 
 RUNNER = str(ROOT / "runner.py")
 CONSOLE_SCRIPT = Path(sys.executable).parent / "chain-runner"
-
-
-def cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, RUNNER, *args],
-        cwd=cwd,
-        env=env or runner_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def one_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: "), stderr
-    return lines[0]
-
-
-def records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 # ----------------------------------------------------------------------------- 1. version and name

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, runner_env
+from conftest import ROOT, cli, one_error_line, records, runner_env
 from fault_server import FaultServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,31 +28,6 @@ from chains.errors import UsageError
 
 ECHO = "name: echo\ndescription: Echo.\ninput_variables: [text]\nmessages:\n  - role: human\n    content: '{text}'\n"
 TEXTS = ["first text", "second text", "third text"]
-
-
-def cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "runner.py"), *args],
-        cwd=cwd,
-        env=env or runner_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def one_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: "), stderr
-    return lines[0]
-
-
-def records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def echo_run(tmp_path: Path, base_url: str, *extra: str) -> list[str]:
