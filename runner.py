@@ -337,9 +337,11 @@ def _main(argv: Sequence[str] | None, prog: str) -> int:
             raise
         from pydantic import ValidationError
 
+        from chains.errors import json_path
+
         if isinstance(exc, ValidationError):
             first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
+            field = json_path(first["loc"])
             print(f"error: {field}: {first['msg']} (got {first.get('input')!r})", file=sys.stderr)
             return EXIT_USAGE
         print(f"error: {type(exc).__name__}: {exc} (run again with -v for the traceback)", file=sys.stderr)

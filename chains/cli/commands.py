@@ -7,6 +7,7 @@ error (raised as ``UsageError`` and mapped by the caller), 130 interrupted,
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import sys
@@ -85,7 +86,7 @@ def _info_dict(info: Any) -> dict[str, Any]:
 
 def show_command(name: str, prompts_dirs: list[str]) -> int:
     from chains.spec.prompts_library import PromptLibrary
-    from chains.spec.registry import HAND_WRITTEN, chain_info
+    from chains.spec.registry import chain_info
 
     library = PromptLibrary(prompts_dirs)
     info = chain_info(name, library)
@@ -96,7 +97,7 @@ def show_command(name: str, prompts_dirs: list[str]) -> int:
         + (f" (optional: {', '.join(info.optional)})" if info.optional else "")
     )
     print(f"  files:    {', '.join(info.sources)}")
-    prompts = HAND_WRITTEN[name].prompts if name in HAND_WRITTEN else (name,)
+    prompts = info.prompts
     for prompt in prompts:
         spec = library.spec(prompt)
         print(f"\n# {library.label(prompt)}")
@@ -264,26 +265,24 @@ async def _consume(
     from chains.engine.interrupt import no_ctrl_c_echo
 
     last = None
-    with stop.signals(), no_ctrl_c_echo(sys.stderr if progress is not None else None):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(stop.signals())
+        stack.enter_context(no_ctrl_c_echo(sys.stderr if progress is not None else None))
         if progress is not None:
-            progress.__enter__()
+            stack.enter_context(progress)
         try:
-            try:
-                async for last in batch:
-                    stop.finished(last)
-                    _deliver(last, sink, live, stderr)
-                    if progress is not None:
-                        progress.update(last, batch)
-            except asyncio.CancelledError as exc:
-                stop.swallow(exc)
-            if live is not None and stop.reason is not None:
-                live.write("\n")  # end the live text that was cut short before anything goes below it
-                live.flush()
-            if stop.count_cancelled(batch.summary) and progress is not None and last is not None:
-                progress.update(last, batch)  # the final numbers: the cancelled counted, none in flight
-        finally:
-            if progress is not None:
-                progress.__exit__(None, None, None)
+            async for last in batch:
+                stop.finished(last)
+                _deliver(last, sink, live, stderr)
+                if progress is not None:
+                    progress.update(last, batch)
+        except asyncio.CancelledError as exc:
+            stop.swallow(exc)
+        if live is not None and stop.reason is not None:
+            live.write("\n")  # end the live text that was cut short before anything goes below it
+            live.flush()
+        if stop.count_cancelled(batch.summary) and progress is not None and last is not None:
+            progress.update(last, batch)  # the final numbers: the cancelled counted, none in flight
 
 
 def _deliver(record: Any, sink: Any, live: GuardedStdout | None, stderr: Any) -> None:

@@ -17,7 +17,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chains.errors import ChainRunnerError, UnknownChainError
+from chains.errors import ChainRunnerError, UnknownChainError, json_path
 from chains.server.metrics import MetricsMiddleware, ServerMetrics
 from chains.server.middleware import (
     BEARER,
@@ -40,10 +40,7 @@ log = logging.getLogger("chains.server")
 
 
 def _where(loc: Sequence[Any]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "body"
+    return json_path(loc) or "body"
 
 
 # ----------------------------------------------------------------------------- the app
