@@ -183,7 +183,7 @@ def _lc_token_handler(tally: Tally) -> Any:
     from langchain_core.callbacks import AsyncCallbackHandler
 
     class TokenCounter(AsyncCallbackHandler):
-        async def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        async def on_llm_new_token(self, token: str | list[str | dict[str, Any]], **kwargs: Any) -> None:
             if token:
                 tally.chunks += 1
 

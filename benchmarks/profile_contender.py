@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         server.configure(chunks=args.chunks)
         url = server.url
-        if pinning.enabled:
+        if pinning.enabled and pinning.client_core is not None:
             import os
 
             os.sched_setaffinity(0, {pinning.client_core})
