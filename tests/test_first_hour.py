@@ -364,12 +364,12 @@ def test_max_cost_without_a_price_is_a_usage_error_before_any_request(
 
 
 def test_openai_itself_keeps_the_built_in_prices_and_a_file_adds_to_them(tmp_path: Path) -> None:
-    assert PriceTable.load(None).price("gpt-4o-mini-2024-07-18") == (0.15, 0.60)
+    assert _pair(PriceTable.load(None).price("gpt-4o-mini-2024-07-18")) == (0.15, 0.60)
     assert PriceTable.load(None, builtin=False).price("gpt-4o-mini") is None
     (tmp_path / "p.json").write_text(json.dumps({"my-model": {"input": 1, "output": 2}}))
     elsewhere = PriceTable.load("p.json", builtin=False)
-    assert elsewhere.price("my-model") == (1.0, 2.0) and elsewhere.price("gpt-4o") is None
-    assert PriceTable.load("p.json").price("gpt-4o") == (2.50, 10.00)
+    assert _pair(elsewhere.price("my-model")) == (1.0, 2.0) and elsewhere.price("gpt-4o") is None
+    assert _pair(PriceTable.load("p.json").price("gpt-4o")) == (2.50, 10.00)
 
 
 def test_the_session_prices_by_endpoint(tmp_path: Path) -> None:
@@ -378,7 +378,7 @@ def test_the_session_prices_by_endpoint(tmp_path: Path) -> None:
 
     def price(**values: Any) -> tuple[float, float] | None:
         session = ModelSession(RunSettings(api_key="k", **values))
-        return session.limits.prices.price(session.spec.name)
+        return _pair(session.limits.prices.price(session.spec.name))
 
     assert price(model="openai:gpt-4o") == (2.50, 10.00)
     assert price(model="openai:gpt-4o", base_url="https://API.openai.com:443/v1/") == (2.50, 10.00)
@@ -531,3 +531,8 @@ def test_another_provider_without_the_providers_extra_is_one_line(tmp_path: Path
     line = one_error_line(result.stderr)
     assert "--model anthropic:claude-3-5-haiku-latest" in line, line
     assert "pip install 'chain-runner[providers]' langchain-anthropic" in line, line
+
+
+def _pair(price: Any) -> tuple[float, float] | None:
+    """A model's online (input, output) price, or None when it has none."""
+    return None if price is None else price.pair

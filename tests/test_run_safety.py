@@ -286,8 +286,8 @@ def test_prices_accept_numbers_and_numeric_strings() -> None:
     from chains.engine.pricing import parse_prices
 
     table = parse_prices(b'{"m": {"input": 0.15, "output": "0.6"}, "n": {"input": 0, "output": 2}}', "p.json")
-    assert table == {"m": (0.15, 0.6), "n": (0.0, 2.0)}
-    assert parse_prices(b"m: {input: 1e-3, output: 1.5}\n", "p.yaml") == {"m": (0.001, 1.5)}
+    assert {name: price.pair for name, price in table.items()} == {"m": (0.15, 0.6), "n": (0.0, 2.0)}
+    assert parse_prices(b"m: {input: 1e-3, output: 1.5}\n", "p.yaml")["m"].pair == (0.001, 1.5)
 
 
 def test_a_yaml_alias_bomb_is_refused_at_once() -> None:
@@ -319,7 +319,7 @@ def test_a_huge_price_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def _check_prices(data: bytes, name: str) -> None:
-    from chains.engine.pricing import parse_prices
+    from chains.engine.pricing import TIERS, parse_prices
 
     try:
         table = parse_prices(data, name)
@@ -327,7 +327,7 @@ def _check_prices(data: bytes, name: str) -> None:
         assert str(exc).startswith(f"--prices {name}: ") and "\n" not in str(exc)
         return
     for price in table.values():
-        assert all(math.isfinite(p) and p >= 0 for p in price)
+        assert all(math.isfinite(p) and p >= 0 for tier in TIERS for p in price.rates(tier))
 
 
 @settings(max_examples=300, deadline=None)
