@@ -1,13 +1,23 @@
-"""One typed settings object for a run, and the one place it becomes a ``RunnableConfig``."""
+"""One typed settings object for a run, the one place it becomes a ``RunnableConfig``, and the one place
+the program reads its environment variables.
+
+Every variable chain-runner reads is in ``ENVIRONMENT`` below and is read by ``Environment.read``; no other
+module looks at ``os.environ``, so this list is the whole story.  Some variables are read by the libraries
+underneath, never by chain-runner, and are not listed as ours: langchain-openai / the OpenAI SDK read
+``OPENAI_ORG_ID`` and ``OPENAI_PROJECT_ID``; another provider's integration reads its own key (e.g.
+``ANTHROPIC_API_KEY``); langsmith reads ``LANGSMITH_API_KEY``, ``LANGSMITH_PROJECT`` and the rest of its
+variables; tiktoken reads ``TIKTOKEN_CACHE_DIR``; the HTTP clients may read the proxy variables.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from chains.errors import ModelConfigError
 
@@ -18,10 +28,64 @@ if TYPE_CHECKING:
 DEFAULT_MAX_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 600.0
 """Per attempt, the whole answer included: long enough for a long answer from a slow local server."""
+FLEX_TIMEOUT_S = 900.0
+"""OpenAI's advice for the flex tier, whose answers may queue for many minutes."""
+DEFAULT_BATCH_SIZE = 10_000
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_OPENAI_MODEL = "openai:gpt-4o-mini"
 FAKE_MODEL = "fake"
 MAX_URL_LENGTH = 2048
+DEFAULT_TRACING_ENDPOINT = "https://api.smith.langchain.com"
+
+TRACING_VARS = ("LANGSMITH_TRACING", "LANGSMITH_TRACING_V2", "LANGCHAIN_TRACING_V2", "LANGCHAIN_TRACING")
+"""Any of them ``true`` turns LangSmith tracing on (langsmith's own spellings, old and new)."""
+TRACING_ENDPOINT_VARS = ("LANGSMITH_ENDPOINT", "LANGCHAIN_ENDPOINT")
+
+ENVIRONMENT: dict[str, str] = {
+    "OPENAI_API_KEY": "the provider's key (RunSettings.api_key); without it and without a base URL the default "
+    "model is the offline one",
+    "OPENAI_BASE_URL": "an OpenAI-compatible server (RunSettings.base_url); --base-url wins; empty counts as unset",
+    "RUNNER_API_KEY": "the key `serve` requires as 'Authorization: Bearer KEY'; --api-key wins",
+    **dict.fromkeys(TRACING_VARS, "LangSmith tracing on (read by langsmith; we probe its endpoint once)"),
+    **dict.fromkeys(TRACING_ENDPOINT_VARS, "LangSmith's endpoint (read by langsmith; the one we probe)"),
+}
+"""Every environment variable chain-runner reads, and what for."""
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What chain-runner takes from the environment: ``ENVIRONMENT``'s variables, read once, here only.
+
+    An empty value counts as unset, as a shell user expects of ``VAR= runner.py ...``.
+    """
+
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    runner_api_key: str | None = None
+    tracing: bool = False
+    tracing_endpoint: str = DEFAULT_TRACING_ENDPOINT
+
+    @classmethod
+    def read(cls, env: Mapping[str, str] | None = None) -> Environment:
+        """The process's environment (or ``env``, for tests and embedders)."""
+        env = os.environ if env is None else env
+        return cls(
+            openai_api_key=env.get("OPENAI_API_KEY") or None,
+            openai_base_url=env.get("OPENAI_BASE_URL") or None,
+            runner_api_key=env.get("RUNNER_API_KEY") or None,
+            tracing=any(env.get(name, "").strip().lower() == "true" for name in TRACING_VARS),
+            tracing_endpoint=next((env[name] for name in TRACING_ENDPOINT_VARS if env.get(name)), None)
+            or DEFAULT_TRACING_ENDPOINT,
+        )
+
+
+def turn_tracing_off(env: MutableMapping[str, str] | None = None) -> None:
+    """Switch LangSmith tracing off for this process: langsmith reads the same variables, so they are set to
+    ``false`` (the one change the program makes to its environment)."""
+    env = os.environ if env is None else env
+    for name in TRACING_VARS:
+        if name in env:
+            env[name] = "false"
 
 
 def check_base_url(url: str, source: str = "--base-url") -> str:
@@ -81,7 +145,11 @@ class RunSettings(BaseModel):
     )
     max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0, le=100)
     fake_token_delay: float = Field(
-        default=0.0, ge=0, allow_inf_nan=False, description="seconds per token on the fake model"
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="the offline model's pace (--fake-delay): seconds per token, e.g. to watch it stream; "
+        "no effect on any other model",
     )
     http_backend: Literal["aiohttp", "httpx"] = Field(
         default="aiohttp", description="transport of the OpenAI client's connection pool"
@@ -92,15 +160,47 @@ class RunSettings(BaseModel):
     tpm: float | None = Field(
         default=None, gt=0, allow_inf_nan=False, description="tokens per minute, shared by the whole run"
     )
-    rate_window_s: float = Field(
-        default=60.0, gt=0, allow_inf_nan=False, description="the rate-limit window (tests shrink it)"
-    )
     max_cost: float | None = Field(
         default=None, ge=0, allow_inf_nan=False, description="stop admitting inputs past this many USD"
     )
     prices: str | None = Field(default=None, description="JSON/YAML price table overriding the built-in one")
     cache: str | None = Field(default=None, description="sqlite file answering identical requests")
-    prompts_dirs: list[str] = Field(default_factory=list, description="extra prompt directories")
+    prompts_dirs: list[str] = Field(
+        default_factory=list,
+        description="extra prompt directories (--prompts-dir), for every command: run, list, show and serve",
+    )
+
+    tier: Literal["online", "flex", "batch"] = Field(
+        default="online",
+        description="online; flex (OpenAI's service_tier=flex: batch prices, slower, may refuse when busy); "
+        "batch (the provider's batch API: about half the price, answers within hours)",
+    )
+    flex_fallback: bool = Field(
+        default=False, description="flex tier: send a request the flex tier has no capacity for at the standard tier"
+    )
+    batch_size: int = Field(
+        default=DEFAULT_BATCH_SIZE,
+        ge=1,
+        le=1_000_000,
+        description="batch tier: inputs in flight at once, so the most requests of one batch stage",
+    )
+    batch_poll_s: float = Field(
+        default=30.0, gt=0, allow_inf_nan=False, description="batch tier: the longest wait between status checks"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flex_waits_longer(cls, data: Any) -> Any:
+        """The flex tier's answers may queue: without an explicit timeout, it gets OpenAI's suggested 15 minutes."""
+        if isinstance(data, dict) and data.get("tier") == "flex" and data.get("timeout") is None:
+            data = {**data, "timeout": FLEX_TIMEOUT_S}
+        return data
+
+    @property
+    def inputs_in_flight(self) -> int:
+        """How many inputs a run works on at once: ``max_concurrency``, or ``batch_size`` in the batch tier
+        (where a request waits for its batch, not for a connection)."""
+        return self.batch_size if self.tier == "batch" else self.max_concurrency
 
     @field_validator("base_url")
     @classmethod
@@ -111,21 +211,27 @@ class RunSettings(BaseModel):
                 raise ValueError(f"base_url {problem}; use e.g. http://localhost:8000/v1")
         return value
 
+    @field_validator("prompts_dirs")
+    @classmethod
+    def _each_dir_once(cls, value: list[str]) -> list[str]:
+        """``--prompts-dir d --prompts-dir d`` is one directory, not every prompt of ``d`` "defined twice"."""
+        return list(dict.fromkeys(value))
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **values: Any) -> RunSettings:
-        """Settings with the key and base URL taken from the environment when not given.
+        """Settings with the key and base URL taken from the environment (``Environment.read(env)``) when not given.
 
         A bad base URL is a ``ModelConfigError`` naming where it came from (``--base-url`` or
         ``OPENAI_BASE_URL``); an empty ``OPENAI_BASE_URL`` counts as unset.
         """
-        env = os.environ if env is None else env
+        environment = Environment.read(env)
         values = {k: v for k, v in values.items() if v is not None}
-        if "api_key" not in values and env.get("OPENAI_API_KEY"):
-            values["api_key"] = env["OPENAI_API_KEY"]
+        if "api_key" not in values and environment.openai_api_key:
+            values["api_key"] = environment.openai_api_key
         if "base_url" in values:
             check_base_url(values["base_url"], "--base-url")
-        elif env.get("OPENAI_BASE_URL"):
-            values["base_url"] = check_base_url(env["OPENAI_BASE_URL"], "OPENAI_BASE_URL")
+        elif environment.openai_base_url:
+            values["base_url"] = check_base_url(environment.openai_base_url, "OPENAI_BASE_URL")
         return cls(**values)
 
     def model_overrides(self) -> dict[str, Any]:

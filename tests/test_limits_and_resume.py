@@ -14,6 +14,7 @@ from conftest import ROOT, runner_env
 from fault_server import FaultServer
 
 from chains import ModelSession, PromptLibrary, RunSettings, get_chain, run_batch
+from chains.engine.limits import Limits
 
 ECHO = "name: echo\ndescription: Echo.\ninput_variables: [text]\nmessages:\n  - role: human\n    content: '{text}'\n"
 
@@ -29,9 +30,11 @@ def settings_for(server: FaultServer, **values: object) -> RunSettings:
     return RunSettings(model="openai:test-model", base_url=server.base_url, api_key="test", **values)  # type: ignore[arg-type]
 
 
-async def run_echo(tmp_path: Path, settings: RunSettings, texts: list[str]) -> tuple[list, dict]:  # type: ignore[type-arg]
+async def run_echo(
+    tmp_path: Path, settings: RunSettings, texts: list[str], limits: Limits | None = None
+) -> tuple[list, dict]:  # type: ignore[type-arg]
     library, _ = echo_library(tmp_path)
-    async with ModelSession(settings) as session:
+    async with ModelSession(settings, limits=limits) as session:
         chain = get_chain("echo", session.model, library=library)
         batch = run_batch(chain, [{"text": t} for t in texts], settings=session.settings, limits=session.limits)
         records = [r async for r in batch]
@@ -53,8 +56,9 @@ def max_in_window(events: list[tuple[float, int]], window: float) -> int:
 
 async def test_request_budget_is_never_exceeded_in_any_window(tmp_path: Path, fault_server: FaultServer) -> None:
     window, rpm = 0.5, 4
-    settings = settings_for(fault_server, rpm=rpm, rate_window_s=window, max_concurrency=8)
-    records, summary = await run_echo(tmp_path, settings, [f"req {i}" for i in range(14)])
+    settings = settings_for(fault_server, rpm=rpm, max_concurrency=8)
+    shrunk = Limits.create(8, rpm=rpm, window_s=window)  # a window of 0.5 s, not a minute: the test's own limits
+    records, summary = await run_echo(tmp_path, settings, [f"req {i}" for i in range(14)], shrunk)
     assert all(r.ok for r in records)
     times = [(entry["t"], 1) for entry in fault_server.stats()["log"]]
     assert len(times) == 14
@@ -67,8 +71,9 @@ async def test_request_budget_is_never_exceeded_in_any_window(tmp_path: Path, fa
 async def test_token_budget_is_never_exceeded_in_any_window(tmp_path: Path, fault_server: FaultServer) -> None:
     window, tpm = 0.5, 60
     fault_server.configure(chunks=8)
-    settings = settings_for(fault_server, tpm=tpm, rate_window_s=window, max_concurrency=8, max_tokens=8)
-    records, _ = await run_echo(tmp_path, settings, [f"some words number {i}" for i in range(12)])
+    settings = settings_for(fault_server, tpm=tpm, max_concurrency=8, max_tokens=8)
+    shrunk = Limits.create(8, tpm=tpm, window_s=window)
+    records, _ = await run_echo(tmp_path, settings, [f"some words number {i}" for i in range(12)], shrunk)
     assert all(r.ok for r in records)
     log = fault_server.stats()["log"]
     usage = [(entry["t"], entry["prompt_tokens"] + entry["completion_tokens"]) for entry in log]

@@ -173,7 +173,7 @@ from chains.errors import PromptSpecError
 from chains.server import create_app
 from chains.settings import RunSettings
 try:
-    create_app(RunSettings(model="fake"), prompts_dirs=[sys.argv[1]])
+    create_app(RunSettings(model="fake", prompts_dirs=[sys.argv[1]]))
 except PromptSpecError as exc:
     print("PromptSpecError:", exc)
 else:

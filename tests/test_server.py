@@ -126,7 +126,7 @@ async def test_a_prompt_in_prompts_dir_is_served_whatever_its_variable_names(tmp
         "name: odd\ndescription: Variables named like pydantic methods.\ninput_variables: [json, copy]\n"
         "defaults:\n  copy: 2\nmessages:\n  - role: human\n    content: 'Topic: {json} x{copy}'\n"
     )
-    async with client_for(prompts_dirs=[str(mine)]) as client:
+    async with client_for(RunSettings(model="fake", prompts_dirs=[str(mine)])) as client:
         odd = next(c for c in (await client.get("/chains")).json() if c["name"] == "odd")
         assert (odd["required"], odd["optional"]) == (["json"], ["copy"])
         r = await client.post("/chains/odd/invoke", json={"input": {"json": "a lantern"}})

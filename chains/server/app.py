@@ -5,7 +5,6 @@ routes (``/chains``, ``/healthz``, ``/metrics``), the error handlers and the mid
 # bodies with models built at run time, which FastAPI must see as classes.
 
 import logging
-import os
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
@@ -32,7 +31,7 @@ from chains.server.middleware import (
 )
 from chains.server.routes import ChainOut, add_chain_routes, chain_models
 from chains.server.service import Service
-from chains.settings import RunSettings
+from chains.settings import Environment, RunSettings
 from chains.spec.prompts_library import PromptLibrary
 from chains.spec.registry import list_chains
 
@@ -49,17 +48,17 @@ def _where(loc: Sequence[Any]) -> str:
 def create_app(
     settings: RunSettings,
     *,
-    prompts_dirs: Sequence[str] = (),
     api_key: str | None = None,
     log_path: str | None = None,
     max_body_bytes: int = 1_000_000,
     max_batch: int = 1000,
     grace: float = 10.0,
 ) -> FastAPI:
-    """The FastAPI app serving every chain; its lifespan opens the one ``ModelSession``."""
-    library = PromptLibrary(list(dict.fromkeys([*settings.prompts_dirs, *prompts_dirs])))
+    """The FastAPI app serving every chain (the packaged ones and those in ``settings.prompts_dirs``); its lifespan opens
+    the one ``ModelSession``.  Without ``api_key``, the key is ``RUNNER_API_KEY`` (``chains.settings.Environment``)."""
+    library = PromptLibrary(settings.prompts_dirs)
     infos = list_chains(library)
-    key = api_key if api_key is not None else os.environ.get("RUNNER_API_KEY")
+    key = api_key if api_key is not None else Environment.read().runner_api_key
     provider_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
     metrics = ServerMetrics()
     service = Service(settings, library, metrics, log_path, [provider_key, key or ""], grace)
