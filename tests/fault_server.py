@@ -24,6 +24,9 @@ Out-of-process use (benchmarks)::
 and drive it over HTTP: ``GET /_control/stats``, ``POST /_control/configure``,
 ``POST /_control/faults``, ``DELETE /_control/faults``, ``POST /_control/reset``.
 
+It also serves OpenAI's Files + Batches API (``/v1/files``, ``/v1/batches``) with batch faults
+(``add_batch_fault``, ``release_batches``, ``batch_submissions``): see ``fault_batches``.
+
 Reply content: the first piece is ``"echo: " + <last user message>``, followed by
 ``chunks - 1`` pieces ``" t1"``, ``" t2"``, ...; ``completion_tokens`` is the number of
 pieces sent and ``prompt_tokens`` the number of whitespace-separated words over all
@@ -56,6 +59,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp import web
+from fault_batches import Batches
 from fault_replies import Reply, error_body, send_json
 from fault_rules import FAULT_KINDS, MID_STREAM_KINDS, Rule
 from fault_settings import DEFAULT_SETTINGS, Config, RateLimiter, normalize_settings
@@ -139,6 +143,7 @@ class FaultServer:
         self._created = int(time.time())
         self._log: deque[dict[str, Any]] = deque(maxlen=log_limit)
         self._reset_counters()
+        self._batches = Batches(self._pick_fault, _digest, _length, lambda: self._cfg, self._created)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
@@ -214,6 +219,7 @@ class FaultServer:
         app.router.add_post("/_control/faults", self._handle_add_faults)
         app.router.add_delete("/_control/faults", self._handle_clear_faults)
         app.router.add_post("/_control/reset", self._handle_reset)
+        self._batches.add_routes(app.router)
         runner = web.AppRunner(
             app,
             access_log=None,
@@ -285,9 +291,11 @@ class FaultServer:
         """Zero all counters and the request log (in-flight requests stay in flight)."""
         with self._lock:
             self._reset_counters()
+        self._batches.reset_stats()
 
     def reset(self) -> None:
         """Full reset: stats, fault rules, rate-limit window and default settings."""
+        self._batches.reset()
         with self._lock:
             self._reset_counters()
             self._rules.clear()
@@ -309,12 +317,33 @@ class FaultServer:
                 "status_counts": dict(self._status_counts),
                 "fault_counts": dict(self._fault_counts),
                 "log": [dict(e) for e in self._log] if include_log else [],
+                "batches": self._batches.stats(),
             }
 
     def requests_for(self, key: str) -> int:
         """Number of chat requests whose last user message was exactly ``key``."""
         with self._lock:
             return self._per_key.get(key, 0)
+
+    # ------------------------------------------------------------------ batches (the logic is in fault_batches)
+
+    @property
+    def batches(self) -> Batches:
+        return self._batches
+
+    def add_batch_fault(
+        self, fault: str, match: str | None = None, times: int | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        return self._batches.add_fault(fault, match, times, **kw)
+
+    def configure_batches(self, **settings: Any) -> dict[str, float]:
+        return self._batches.configure(**settings)
+
+    def release_batches(self) -> int:
+        return self._batches.release()
+
+    def batch_submissions(self) -> dict[str, int]:
+        return self._batches.submissions()
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -400,6 +429,7 @@ class FaultServer:
             "t": t0,
             "key": key,
             "stream": stream,
+            "service_tier": body.get("service_tier"),
             "prompt_tokens": prompt_tokens,
             "completion_tokens": 0,
             "status": None,
