@@ -27,7 +27,7 @@ from langchain_core.runnables import Runnable
 
 from chains.engine.callbacks import MetricsHandler, TokenStreamHandler
 from chains.engine.limits import Limits, install_limits
-from chains.engine.metrics import ItemMetrics, ItemStatus, RunSummary, set_current_item
+from chains.engine.metrics import ItemMetrics, ItemStatus, RunSummary, set_current_item, set_current_key
 from chains.errors import BudgetExceededError, ProviderError
 from chains.settings import RunSettings
 
@@ -190,7 +190,7 @@ class BatchRun:
         Records reach the caller through a bounded queue, so at most about two windows of inputs
         are read ahead of the caller, and a worker never waits for a slow sibling to refill.
         """
-        window = self.settings.max_concurrency
+        window = self.settings.inputs_in_flight
         queue: asyncio.Queue[Record | BaseException | None] = asyncio.Queue(maxsize=window)
         source = _aiter(self.inputs)
         lock = asyncio.Lock()
@@ -246,11 +246,14 @@ class BatchRun:
         elif self.limits.budget is not None and self.limits.budget.exhausted:
             record = await self.run_one(index, self._not_run(value))
         else:
+            set_current_key(key)  # task-local, like the item's metrics
             self.in_flight += 1
+            self.limits.inputs_in_flight += 1
             try:
                 record = await self.run_one(index, value)
             finally:
                 self.in_flight -= 1
+                self.limits.inputs_in_flight -= 1
         record.key = key
         return record
 

@@ -115,6 +115,8 @@ class Limits:
     prices: PriceTable = field(default_factory=PriceTable)
     output_tokens_avg: float = 256.0
     """Running average of output tokens, used to estimate requests without max_tokens."""
+    inputs_in_flight: int = 0
+    """Inputs the run has started and not finished (the batch tier submits when all of them wait on it)."""
 
     @classmethod
     def create(
@@ -172,6 +174,18 @@ class Limits:
                 if self.rate is not None and booking.reservation is not None:
                     self.rate.settle(booking.reservation)
                 booking.settled = True
+
+    def reserve_cost(self, cost: float | None) -> float:
+        """The budget alone, for a request that holds no slot or rate (the batch tier): the reserved USD."""
+        if self.budget is None:
+            return 0.0
+        if cost is None:
+            raise BudgetExceededError("not run: --max-cost needs a price for this model; add it with --prices FILE")
+        return self.budget.reserve(cost)
+
+    def settle_cost(self, reserved: float, cost: float | None) -> None:
+        if self.budget is not None:
+            self.budget.settle(reserved, cost or 0.0)
 
     def settle(self, booking: Booking, tokens: int, output_tokens: int, cost: float | None) -> None:
         """Replace a booking's estimates with the real usage."""

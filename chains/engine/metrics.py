@@ -34,6 +34,11 @@ class ItemMetrics:
     cache_hits: int = 0
     cost_usd: float | None = None
     status: ItemStatus = "ok"
+    tier: str | None = None
+    """The price tier that answered (``online``, ``flex``, ``batch``; ``mixed`` when its calls differed)."""
+
+    def answered_at(self, tier: str) -> None:
+        self.tier = tier if self.tier in (None, tier) else "mixed"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -53,6 +58,18 @@ def current_item() -> ItemMetrics | None:
 
 def set_current_item(item: ItemMetrics) -> contextvars.Token[ItemMetrics | None]:
     return _current.set(item)
+
+
+_current_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("chain_runner_key", default=None)
+
+
+def current_key() -> str | None:
+    """The resume key of the input whose task this code runs in (the batch tier derives request ids from it)."""
+    return _current_key.get()
+
+
+def set_current_key(key: str | None) -> None:
+    _current_key.set(key)
 
 
 def percentile(values: array[float] | list[float], q: float) -> float | None:

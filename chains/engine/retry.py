@@ -327,3 +327,15 @@ class BackoffWait:
         """The wait after failed attempt number ``attempt`` (1-based) when the server gave no advice."""
         step = min(self.cap, self.base * 2 ** min(attempt - 1, 64))
         return random.uniform(self.floor * step, step)
+
+
+def flex_unavailable(exc: BaseException) -> bool:
+    """OpenAI's flex tier answering 429 "Resource Unavailable": no flex capacity now (not the key's rate limit).
+
+    Retried with backoff like any 429; with ``--flex-fallback`` sent at the standard tier instead.
+    """
+    failure = classify(exc)
+    if failure.status != 429:
+        return False
+    words = " ".join(filter(None, (failure.code, failure.detail, _safe_text(exc)))).lower()
+    return "resource_unavailable" in words or "resource unavailable" in words

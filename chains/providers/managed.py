@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
-from contextlib import aclosing, asynccontextmanager
-from typing import Any, cast
+from contextlib import AbstractAsyncContextManager, aclosing
+from typing import Any, Literal, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
@@ -31,21 +31,20 @@ from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from chains.engine.deadline import within
 from chains.engine.limits import Limits, active_limits
 from chains.engine.metrics import ItemMetrics, current_item
-from chains.engine.retry import BackoffWait, BrokenStreamError, Failure, NoAnswerError, classify, final_error
+from chains.engine.retry import (
+    BackoffWait,
+    BrokenStreamError,
+    Failure,
+    NoAnswerError,
+    classify,
+    final_error,
+    flex_unavailable,
+)
+from chains.providers import accounting
 from chains.providers.portal import Portal
 from chains.providers.streaming import Call, finish_reason, stream_to_consumer
-from chains.providers.tokens import counter_for
 
 log = logging.getLogger("chains.requests")
-
-
-def _headers(result: ChatResult) -> Any:
-    """Response headers, where the provider integration exposes them (ChatOpenAI's include_response_headers)."""
-    if not result.generations:
-        return None
-    generation = result.generations[0]
-    info = generation.generation_info or {}
-    return info.get("headers") or generation.message.response_metadata.get("headers")
 
 
 class ManagedChatModel(BaseChatModel):
@@ -81,6 +80,13 @@ class ManagedChatModel(BaseChatModel):
     """LangChain's standard model parameters (``ManagedChatModel(inner=..., max_tokens=100)``), sent with
     every request like a call's own; a call's own values and ``overrides`` win.  ``None`` leaves the
     inner model's own setting."""
+    batches: Any = Field(default=None, exclude=True)
+    """The batch tier's ``BatchCollector`` (``chains.providers.batch``): requests go into provider batches
+    instead of being sent; None sends them online."""
+    tier: Literal["online", "flex"] = "online"
+    """The price tier requests are sent at (the inner model carries ``service_tier="flex"`` for flex)."""
+    flex_fallback: bool = False
+    """A flex request the flex tier has no capacity for is sent again at once at the standard tier."""
     _portal: Portal | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
@@ -189,8 +195,14 @@ class ManagedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         params = self._params(kwargs)
+        if self.batches is not None:
+            from chains.providers.batch.requests import batched
+
+            result = await batched(self, messages, self._stop(stop), params)
+            accounting.account(self, messages, result, "batch")
+            return result
         stream = bool(params.pop("stream", self.stream_requests))
-        call = Call(messages, self._stop(stop), run_manager, params, stream, active_limits() or self.limits)
+        call = Call(messages, self._stop(stop), run_manager, params, stream, active_limits() or self.limits, self.tier)
         limits = call.limits
         try:  # the first attempt goes straight through: no retry machinery on the hot path
             result = await self._attempt(call)
@@ -204,7 +216,7 @@ class ManagedChatModel(BaseChatModel):
             result = await self._retry(exc, call)
         if limits is not None:
             limits.concurrency.succeeded()
-        self._account(messages, result)
+        self._account(call, result)
         return result
 
     def _final(self, exc: Exception, failure: Failure, attempts: int) -> Exception:
@@ -274,38 +286,23 @@ class ManagedChatModel(BaseChatModel):
         )
 
     async def _attempt(self, call: Call) -> ChatResult:
+        try:
+            return await self._attempt_once(call)
+        except Exception as exc:
+            if not (self.flex_fallback and call.tier == "flex" and flex_unavailable(exc)):
+                raise
+        log.info("retry now at the standard tier: the flex tier has no capacity (--flex-fallback)")
+        if (item := current_item()) is not None:
+            item.retries += 1
+        call.tier = "online"
+        call.params["service_tier"] = "default"
+        return await self._attempt_once(call)
+
+    async def _attempt_once(self, call: Call) -> ChatResult:
         async with self._booked(call) as settle:
             result = await self._request_within_deadline(call)
             settle(result)
             return result
-
-    @asynccontextmanager
-    async def _booked(self, call: Call) -> AsyncIterator[Callable[[ChatResult], None]]:
-        """One request's share of the run's limits, held while it is in flight; ``settle(result)``
-        replaces the estimates with the real (or estimated) usage and books its cost."""
-        limits = call.limits
-        if limits is None:
-            yield lambda result: None
-            return
-        count, _exact = counter_for(self.token_model)
-        prompt_tokens = sum(count(m.text) for m in call.messages)
-        output_tokens = int(call.params.get("max_tokens") or limits.output_tokens_avg)
-        cost = limits.prices.cost(self.token_model, prompt_tokens, output_tokens)
-        item = current_item()
-        async with limits.request(prompt_tokens + output_tokens, cost) as booking:
-            if item is not None:
-                item.wait_s += booking.waited_s
-
-            def settle(result: ChatResult) -> None:
-                usage = self._usage(call.messages, result)
-                actual_cost = limits.prices.cost(self.token_model, usage["input_tokens"], usage["output_tokens"])
-                limits.settle(booking, usage["total_tokens"], usage["output_tokens"], actual_cost)
-                if limits.rate is not None:
-                    limits.rate.observe_headers(_headers(result), prompt_tokens + output_tokens)
-                if item is not None and actual_cost is not None:
-                    item.cost_usd = (item.cost_usd or 0.0) + actual_cost
-
-            yield settle
 
     async def _request_within_deadline(self, call: Call) -> ChatResult:
         """One attempt, bounded as a whole by ``timeout``: the HTTP client's timeouts bound each
@@ -350,30 +347,14 @@ class ManagedChatModel(BaseChatModel):
             async for chunk in chunks:
                 yield chunk
 
-    def _usage(self, messages: list[BaseMessage], result: ChatResult) -> UsageMetadata:
-        """The answer's usage; estimated (and marked so) when the provider sent none."""
-        message = result.generations[0].message if result.generations else None
-        if isinstance(message, AIMessage) and message.usage_metadata is not None:
-            return message.usage_metadata
-        count, _exact = counter_for(self.token_model)
-        prompt = sum(count(m.text) for m in messages)
-        completion = count(message.text) if message is not None else 0
-        usage = UsageMetadata(input_tokens=prompt, output_tokens=completion, total_tokens=prompt + completion)
-        if isinstance(message, AIMessage):
-            message.usage_metadata = usage
-            message.response_metadata["usage_estimated"] = True
-        return usage
+    def _booked(self, call: Call) -> AbstractAsyncContextManager[Callable[[ChatResult], None]]:
+        return accounting.booked(self, call)
 
-    def _account(self, messages: list[BaseMessage], result: ChatResult) -> None:
-        item = current_item()
-        usage_known = bool(result.generations) and getattr(result.generations[0].message, "usage_metadata", None)
-        if not usage_known:
-            self._usage(messages, result)
-        if item is not None:
-            item.model_calls += 1
-            message = result.generations[0].message if result.generations else None
-            if message is not None and message.response_metadata.get("usage_estimated"):
-                item.tokens_estimated = True
+    def _usage(self, messages: list[BaseMessage], result: ChatResult) -> UsageMetadata:
+        return accounting.usage_of(self, messages, result)
+
+    def _account(self, call: Call, result: ChatResult) -> None:
+        accounting.account(self, call.messages, result, call.tier)
 
 
 class _AsyncView:

@@ -20,6 +20,7 @@ from langchain_core.outputs import ChatGenerationChunk
 
 from chains.engine.limits import Limits, active_limits
 from chains.engine.metrics import current_item
+from chains.engine.pricing import Tier
 from chains.engine.retry import BrokenStreamError, classify, redact
 from chains.errors import ProviderError
 
@@ -51,6 +52,8 @@ class Call:
     params: dict[str, Any]
     stream: bool
     limits: Limits | None
+    tier: Tier = "online"
+    """The price tier it is sent at (``online``, ``flex``); a flex call falls back to ``online``."""
 
 
 async def stream_to_consumer(
@@ -70,7 +73,7 @@ async def stream_to_consumer(
     """
     params = model._params(kwargs)
     params.pop("stream", None)
-    call = Call(messages, model._stop(stop), None, params, True, active_limits() or model.limits)
+    call = Call(messages, model._stop(stop), None, params, True, active_limits() or model.limits, model.tier)
     item = current_item()
     attempt = 1
     while True:
@@ -152,7 +155,7 @@ async def _stream_attempt(model: ManagedChatModel, call: Call) -> AsyncGenerator
         result = generate_from_stream(iter(chunks))
         estimated = getattr(result.generations[0].message, "usage_metadata", None) is None
         settle(result)  # fills in estimated usage when the provider sent none
-        model._account(call.messages, result)
+        model._account(call, result)
         if estimated:
             usage = cast(AIMessage, result.generations[0].message).usage_metadata
             yield ChatGenerationChunk(
