@@ -23,7 +23,7 @@ from chains.errors import ModelConfigError
 from chains.providers.cache import SQLiteCache
 from chains.providers.managed import ManagedChatModel
 from chains.providers.pools import LoopPools
-from chains.settings import DEFAULT_OPENAI_MODEL, FAKE_MODEL, RunSettings
+from chains.settings import DEFAULT_OPENAI_MODEL, FAKE_MODEL, RunSettings, check_base_url
 
 _SPEC = re.compile(r"^(?P<provider>[a-z][a-z0-9_-]*):(?P<name>\S+)$")
 NO_KEY_NOTICE = (
@@ -84,14 +84,57 @@ def builtin_prices_apply(spec: ModelSpec, base_url: str | None) -> bool:
     return spec.provider == FAKE_MODEL or (spec.provider == "openai" and is_openai_endpoint(base_url))
 
 
-def _create_openai(spec: ModelSpec, settings: RunSettings, http_client: Any) -> BaseChatModel:
-    from langchain_openai import ChatOpenAI
-
+def _require_key(spec: ModelSpec, settings: RunSettings) -> None:
+    """OpenAI itself needs a key; a server at ``--base-url`` may not."""
     if settings.api_key is None and not settings.base_url:
         raise ModelConfigError(
             f"--model {spec} needs OPENAI_API_KEY; export it, pass --base-url for a local "
             "OpenAI-compatible server, or use --model fake"
         )
+
+
+def _prices(spec: ModelSpec, settings: RunSettings) -> PriceTable:
+    """The run's price table: ``--prices`` over the built-in one where that applies."""
+    return PriceTable.load(settings.prices, builtin=builtin_prices_apply(spec, settings.base_url))
+
+
+def _require_price(spec: ModelSpec, prices: PriceTable, settings: RunSettings) -> None:
+    """``--max-cost`` needs the model's price: refuse the run now, as one line, rather than every input."""
+    if settings.max_cost is None or prices.price(spec.name) is not None:
+        return
+    where = f" at {settings.base_url}" if settings.base_url else ""
+    raise ModelConfigError(
+        f"--max-cost needs a price for {spec.name}{where} (the built-in prices are OpenAI's, at OpenAI); "
+        f'add it with --prices FILE: {{"{spec.name}": {{"input": USD, "output": USD}}}} per 1M tokens'
+    )
+
+
+def _check_provider(spec: ModelSpec, settings: RunSettings) -> None:
+    """The provider's model can be built: the key it needs, or the providers extra and the integration.
+
+    Another provider's model is built and dropped: ``init_chat_model`` offers no other check of the provider
+    and its integration, and its client connects on first use, so nothing is opened.  OpenAI's model is not
+    built: that would open the run's HTTP pool.
+    """
+    if spec.provider == "openai":
+        _require_key(spec, settings)
+    elif spec.provider != FAKE_MODEL:
+        _create_other(spec, settings)
+
+
+def _check_tier(spec: ModelSpec, settings: RunSettings) -> None:
+    """The batch tier speaks OpenAI's batch API (files + batches), and the flex tier is OpenAI's ``service_tier``."""
+    if settings.tier != "online" and spec.provider != "openai":
+        raise ModelConfigError(
+            f"--tier {settings.tier} needs an OpenAI model or an OpenAI-compatible server (--model openai:NAME), "
+            f"not --model {spec}; use --tier online"
+        )
+
+
+def _create_openai(spec: ModelSpec, settings: RunSettings, http_client: Any) -> BaseChatModel:
+    from langchain_openai import ChatOpenAI
+
+    _require_key(spec, settings)
     key = settings.api_key.get_secret_value() if settings.api_key is not None else "not-needed"
     kwargs: dict[str, Any] = {
         "model": spec.name,
@@ -109,6 +152,8 @@ def _create_openai(spec: ModelSpec, settings: RunSettings, http_client: Any) -> 
         "http_socket_options": (),
         "include_response_headers": True,  # x-ratelimit-* headers feed the rate limiter
     }
+    if settings.tier == "flex":
+        kwargs["service_tier"] = "flex"
     if settings.base_url and "api.openai.com" not in settings.base_url:
         return _compatible_chat_openai()(**kwargs)
     return ChatOpenAI(**kwargs)
@@ -211,11 +256,8 @@ class ModelSession:
             self.settings.max_concurrency,
             rpm=self.settings.rpm,
             tpm=self.settings.tpm,
-            window_s=self.settings.rate_window_s,
             max_cost=self.settings.max_cost,
-            prices=PriceTable.load(
-                self.settings.prices, builtin=builtin_prices_apply(self.spec, self.settings.base_url)
-            ),
+            prices=_prices(self.spec, self.settings),
         )
         self.cache = SQLiteCache(self.settings.cache) if self.settings.cache else None
         self._pools = LoopPools(self._build_inner)  # one inner model and HTTP pool per event loop
@@ -231,17 +273,58 @@ class ModelSession:
             base_url=self.settings.base_url,
             token_model=self.spec.name,
             cache=self.cache,  # None: LangChain's global cache, if the user set one
+            batches=self._batch_collector(),
+            tier="flex" if self.settings.tier == "flex" else "online",
+            flex_fallback=self.settings.flex_fallback,
         )
+
+    def _batch_collector(self) -> Any:
+        """The batch tier's collector (``chains.providers.batch``), or None online."""
+        if self.settings.tier != "batch":
+            return None
+        _check_tier(self.spec, self.settings)
+        from chains.providers.batch.backend import OpenAIBatches
+        from chains.providers.batch.collector import BatchCollector
+
+        limits = self.limits
+        return BatchCollector(
+            OpenAIBatches.for_model,
+            poll_s=self.settings.batch_poll_s,
+            max_retries=self.settings.max_retries,
+            active=lambda: limits.inputs_in_flight,
+        )
+
+    def open_batch_journal(self, output: str, *, fresh: bool = False) -> None:
+        """Journal the batch tier's submissions beside ``output`` (``--resume`` reads it back)."""
+        from chains.providers.batch.journal import BatchJournal, journal_path
+
+        if self.model.batches is not None:
+            self.model.batches.journal = BatchJournal(journal_path(output), fresh=fresh)
+
+    @staticmethod
+    def check(settings: RunSettings) -> str | None:
+        """Refuse now, with the line a session would give, what opening a session for ``settings`` would refuse;
+        the notice to show (e.g. the offline model was chosen), if any.
+
+        For ``serve``, which checks its settings before it starts and opens its one session in the app: the base
+        URL, the model spec, the price table, the cache file, the key or the providers extra the model needs, and
+        the price ``--max-cost`` needs.  No HTTP pool is opened; the cache database is opened and closed again,
+        as the app will open it (a path that cannot be one is refused here, not at start-up).
+        """
+        if settings.base_url is not None:  # validated by RunSettings, unless a model_copy(update=...) skipped it
+            check_base_url(settings.base_url)
+        spec, notice = resolve_model_spec(settings)
+        prices = _prices(spec, settings)
+        if settings.cache:
+            SQLiteCache(settings.cache).close()
+        _check_provider(spec, settings)
+        _check_tier(spec, settings)
+        _require_price(spec, prices, settings)
+        return notice
 
     def check_budget_priced(self) -> None:
         """``--max-cost`` needs the model's price: refuse the run now, as one line, rather than every input."""
-        if self.settings.max_cost is None or self.limits.prices.price(self.spec.name) is not None:
-            return
-        where = f" at {self.settings.base_url}" if self.settings.base_url else ""
-        raise ModelConfigError(
-            f"--max-cost needs a price for {self.spec.name}{where} (the built-in prices are OpenAI's, at OpenAI); "
-            f'add it with --prices FILE: {{"{self.spec.name}": {{"input": USD, "output": USD}}}} per 1M tokens'
-        )
+        _require_price(self.spec, self.limits.prices, self.settings)
 
     def _build_inner(self) -> tuple[BaseChatModel, Any]:
         """A provider model and the HTTP client it owns (None when there is none to close)."""
@@ -279,12 +362,18 @@ class ModelSession:
                 "start the server or fix the URL"
             ) from exc
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, cancel_batches: bool = False) -> list[str]:
+        """Close the pools; the batch tier's batches still open at the provider are returned (cancelled first
+        with ``cancel_batches``)."""
+        left: list[str] = []
+        if self.model.batches is not None:
+            left = await self.model.batches.aclose(cancel=cancel_batches)
         if self.cache is not None:
             self.cache.close()
             self.cache = None
         await self._pools.aclose()
         self.model.close_portal()
+        return left
 
     async def __aenter__(self) -> ModelSession:
         return self

@@ -10,6 +10,7 @@ from types import FrameType
 
 import uvicorn
 
+from chains.errors import UsageError
 from chains.io.sinks import check_writable
 from chains.providers.models import ModelSession
 from chains.server.app import create_app
@@ -70,10 +71,13 @@ async def serve(
 
         if warning := disable_unreachable_tracing():
             print(warning, file=sys.stderr)
-        probe = ModelSession(settings)  # a bad --model / missing key fails here, as one line
-        if not quiet:
-            probe.announce()
-        await probe.aclose()
+        if settings.tier == "batch":
+            raise UsageError(
+                "serve answers each request as it comes: --tier batch is for file runs; use online or flex"
+            )
+        notice = ModelSession.check(settings)  # a bad --model, a missing key or price: one line, before serving
+        if notice and not quiet:
+            print(notice, file=sys.stderr)
         if log_path:
             check_writable(log_path, "--log")  # before serving: a FIFO without a reader is refused, not waited on
         app = create_app(settings, api_key=api_key, log_path=log_path, grace=grace)
