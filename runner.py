@@ -19,6 +19,10 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chains.settings import RunSettings
 
 EXIT_USAGE = 2
 EXIT_PIPE = 141
@@ -82,8 +86,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_run_options(parser: argparse.ArgumentParser, *, batch: bool = True) -> None:
-    """Model, limit and cost options; ``batch`` adds those that only a file run has (output, resume)."""
+def _add_run_options(parser: argparse.ArgumentParser, *, file_run: bool = True) -> None:
+    """Model, limit and cost options; ``file_run`` adds those that only a file run has (output, resume, batches)."""
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model",
@@ -123,14 +127,14 @@ def _add_run_options(parser: argparse.ArgumentParser, *, batch: bool = True) -> 
         metavar="N",
         help="never more than N model requests in flight (default 8)",
     )
-    if batch:
-        _add_batch_options(run)
+    if file_run:
+        _add_output_options(run)
     limits = parser.add_argument_group("limits, resume and cost")
     limits.add_argument("--rpm", type=_positive_float, help="requests per minute, shared by every request of the run")
     limits.add_argument(
         "--tpm", type=_positive_float, help="tokens per minute (estimated before, settled after each request)"
     )
-    if batch:
+    if file_run:
         output = limits.add_mutually_exclusive_group()
         output.add_argument(
             "--resume", action="store_true", help="skip inputs that already have a success record in --output"
@@ -150,9 +154,53 @@ def _add_run_options(parser: argparse.ArgumentParser, *, batch: bool = True) -> 
         metavar="FILE",
         help='price table, JSON/YAML: {"model": {"input": USD, "output": USD}} per 1M tokens',
     )
+    _add_tier_options(parser, file_run=file_run)
 
 
-def _add_batch_options(run: argparse._ArgumentGroup) -> None:
+def _add_tier_options(parser: argparse.ArgumentParser, *, file_run: bool) -> None:
+    tiers = parser.add_argument_group("price tier (see README: Cheaper runs)")
+    tiers.add_argument(
+        "--tier",
+        choices=("online", "flex", "batch") if file_run else ("online", "flex"),
+        default=None,
+        help="online (default); flex: OpenAI's flex tier, batch prices, slower answers; "
+        + ("batch: the provider's batch API, about half the price, answers within 24 h" if file_run else ""),
+    )
+    tiers.add_argument(
+        "--flex-fallback",
+        action="store_true",
+        default=None,
+        help="--tier flex: send a request the flex tier has no capacity for (429) at the standard tier",
+    )
+    if not file_run:
+        return
+    tiers.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="--tier batch: inputs in flight at once, so the most requests of one batch stage (default 10,000)",
+    )
+    tiers.add_argument(
+        "--batch-poll",
+        type=_positive_float,
+        default=None,
+        metavar="S",
+        help="--tier batch: the longest wait between status checks of a batch (default 30)",
+    )
+    tiers.add_argument(
+        "--cancel-on-interrupt",
+        action="store_true",
+        help="--tier batch: on Ctrl-C cancel the provider's batches (default: leave them running for --resume)",
+    )
+    tiers.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="send nothing: count the requests of the first step, their tokens and their cost per tier",
+    )
+
+
+def _add_output_options(run: argparse._ArgumentGroup) -> None:
     run.add_argument("--output", metavar="FILE.jsonl", help="write one JSON record per input as each finishes")
     run.add_argument("--metrics-out", metavar="FILE.json", help="write the run summary as JSON")
     run.add_argument(
@@ -227,12 +275,13 @@ def build_parser(prog: str = "runner.py") -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGTERM, let in-flight requests finish for up to SECONDS (default 10)",
     )
-    _add_run_options(serve, batch=False)
+    _add_run_options(serve, file_run=False)
     _add_common(serve)
     return parser
 
 
-def _settings(args: argparse.Namespace) -> object:
+def _settings(args: argparse.Namespace) -> RunSettings:
+    """The run's settings: the flags, and the key and base URL from the environment when not given."""
     from chains.settings import RunSettings
 
     values = {
@@ -250,6 +299,10 @@ def _settings(args: argparse.Namespace) -> object:
         "prices": args.prices,
         "cache": args.cache,
         "prompts_dirs": args.prompts_dir,
+        "tier": args.tier,
+        "flex_fallback": args.flex_fallback,
+        "batch_size": getattr(args, "batch_size", None),
+        "batch_poll_s": getattr(args, "batch_poll", None),
     }
     return RunSettings.from_env(**values)
 
@@ -257,10 +310,13 @@ def _settings(args: argparse.Namespace) -> object:
 def _dispatch(args: argparse.Namespace, prog: str) -> int:
     from chains.cli import commands as app
 
-    if args.command == "list":
-        return app.list_command(args.prompts_dir, as_json=args.json)
-    if args.command == "show":
-        return app.show_command(args.chain, args.prompts_dir)
+    if args.command in ("list", "show"):  # the prompt files only: nothing read from the environment
+        from chains.settings import RunSettings
+
+        prompts = RunSettings(prompts_dirs=args.prompts_dir)
+        if args.command == "list":
+            return app.list_command(prompts, as_json=args.json)
+        return app.show_command(args.chain, prompts)
     import asyncio
 
     if args.command == "serve":
@@ -288,10 +344,11 @@ def _dispatch(args: argparse.Namespace, prog: str) -> int:
         overwrite=args.overwrite,
         stream=args.stream,
         quiet=args.quiet,
-        prompts_dirs=args.prompts_dir,
+        cancel_on_interrupt=args.cancel_on_interrupt,
+        dry_run=args.dry_run,
         program=prog,
     )
-    return asyncio.run(app.run_command(options, _settings(args)))  # type: ignore[arg-type]
+    return asyncio.run(app.run_command(options, _settings(args)))
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "runner.py") -> int:
@@ -376,5 +433,4 @@ def main_entry() -> None:
 
 if __name__ == "__main__":
     _sigterm_interrupts()
-    os.environ.setdefault("PYTHONIOENCODING", "utf-8")
     sys.exit(main(prog="runner.py"))

@@ -26,6 +26,8 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel
 
 from chains import PromptLibrary, get_chain
+from chains.engine.pricing import TIERS, ModelPrice, PriceTable
+from chains.errors import InputError
 from chains.providers.dry_run import (
     DEFAULT_OUTPUT_TOKENS,
     CaptureModel,
@@ -34,8 +36,6 @@ from chains.providers.dry_run import (
     capturing,
     estimate,
 )
-from chains.engine.pricing import TIERS, ModelPrice, PriceTable
-from chains.errors import InputError
 
 PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
 LIBRARY = PromptLibrary([])

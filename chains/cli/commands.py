@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
@@ -30,7 +30,8 @@ SERVER_PACKAGES = frozenset({"fastapi", "starlette", "uvicorn", "sse_starlette",
 
 @dataclass
 class RunOptions:
-    """What ``story`` and ``run`` were asked to do (besides the model settings)."""
+    """What ``story`` and ``run`` were asked to do, besides the ``RunSettings`` (which hold the model, the limits
+    and ``prompts_dirs``, as for every command)."""
 
     chain: str
     source: str
@@ -41,7 +42,10 @@ class RunOptions:
     overwrite: bool = False
     stream: bool | None = None
     quiet: bool = False
-    prompts_dirs: list[str] = field(default_factory=list)
+    cancel_on_interrupt: bool = False
+    """``--tier batch``: on Ctrl-C cancel the provider's batches instead of leaving them for ``--resume``."""
+    dry_run: bool = False
+    """Send nothing: count the first step's requests, tokens and cost per tier (``chains.providers.dry_run``)."""
     program: str = "runner.py"
     """The name the CLI was called by, for the messages that name a command."""
 
@@ -57,11 +61,12 @@ def server_module() -> Any:
     return server
 
 
-def list_command(prompts_dirs: list[str], as_json: bool = False) -> int:
+def list_command(settings: RunSettings, as_json: bool = False) -> int:
+    """``list``: every chain of the packaged prompts and ``settings.prompts_dirs``."""
     from chains.spec.prompts_library import PromptLibrary
     from chains.spec.registry import list_chains
 
-    chains = list_chains(PromptLibrary(prompts_dirs))
+    chains = list_chains(PromptLibrary(settings.prompts_dirs))
     if as_json:
         print(json.dumps([_info_dict(c) for c in chains], indent=2))
         return EXIT_OK
@@ -84,11 +89,12 @@ def _info_dict(info: Any) -> dict[str, Any]:
     }
 
 
-def show_command(name: str, prompts_dirs: list[str]) -> int:
+def show_command(name: str, settings: RunSettings) -> int:
+    """``show CHAIN``: its inputs, prompt files and messages, found in the packaged prompts and ``settings.prompts_dirs``."""
     from chains.spec.prompts_library import PromptLibrary
     from chains.spec.registry import chain_info
 
-    library = PromptLibrary(prompts_dirs)
+    library = PromptLibrary(settings.prompts_dirs)
     info = chain_info(name, library)
     print(f"{info.name}: {info.description}")
     print(f"  kind:     {info.kind}")
@@ -125,13 +131,15 @@ def _check_tracing() -> None:
 
 async def run_command(options: RunOptions, settings: RunSettings) -> int:
     """``story`` / ``run``: every input to one record, a summary at the end."""
+    from chains.cli.tiers import check_tier_flags
     from chains.io.inputs import count_inputs, detect_format, read_inputs, read_topics
     from chains.spec.prompts_library import PromptLibrary
     from chains.spec.registry import chain_info
 
     _check_output_flags(options)
+    check_tier_flags(options, settings)
     _check_tracing()
-    library = PromptLibrary(options.prompts_dirs)
+    library = PromptLibrary(settings.prompts_dirs)
     info = chain_info(options.chain, library)
     if options.topics:
         if info.required != ("topic",):
@@ -152,6 +160,10 @@ async def run_command(options: RunOptions, settings: RunSettings) -> int:
             head = list(itertools.islice(rows, 2))
             inputs = itertools.chain(head, rows)
             total = 1 if len(head) == 1 else None
+        if options.dry_run:
+            from chains.cli.dry_run import dry_run_command
+
+            return await dry_run_command(settings, library, info, inputs)
         return await _run(options, settings, library, info, inputs, total)
     finally:
         rows.close()
@@ -185,6 +197,7 @@ def _check_output_files(options: RunOptions) -> None:
 async def _run(
     options: RunOptions, settings: RunSettings, library: Any, info: Any, inputs: Any, total: int | None
 ) -> int:
+    from chains.cli.tiers import batch_summary, left_running
     from chains.engine.callbacks import live_token_handler
     from chains.engine.execution import run_batch
     from chains.engine.interrupt import INTERRUPTED, STDOUT_CLOSED, RunStop
@@ -208,7 +221,8 @@ async def _run(
     session.check_budget_priced()  # before the output is touched or anything is sent
     stop = RunStop()
     stdout = GuardedStdout(lambda: stop.request(STDOUT_CLOSED))
-    async with session:
+    left: list[str] = []
+    try:
         # The output is locked (and checked) before the first request, the reachability probe included.
         sink: Any = (
             JsonlSink(options.output, append=options.resume, overwrite=options.overwrite) if options.output else None
@@ -216,6 +230,8 @@ async def _run(
         try:
             if not options.quiet:  # after the output checks: a refused run prints its one error line only
                 session.announce()
+            if options.output:
+                session.open_batch_journal(options.output, fresh=options.overwrite)
             skip = done_keys(options.output) if options.resume and options.output else set()
             await session.check_reachable()
             chain = get_chain(info.name, session.model, library=library)
@@ -234,18 +250,23 @@ async def _run(
                 key=key,
                 skip=skip,
             )
-            progress = None if (single or stderr is None) else ProgressDisplay(total, info.name, stderr)
+            status = session.model.batches.status_line if session.model.batches is not None else None
+            progress = None if (single or stderr is None) else ProgressDisplay(total, info.name, stderr, status)
             await _consume(batch, sink, progress, stop, stdout if live else None, stderr)
         finally:
             if sink is not None:
                 sink.close()
+    finally:
+        left = await session.aclose(cancel_batches=options.cancel_on_interrupt and stop.reason == INTERRUPTED)
     summary = batch.summary.finish().to_dict()
+    batch_summary(session, summary)
     if options.metrics_out:
         write_json(options.metrics_out, summary, "--metrics-out")
     if stop.reason == STDOUT_CLOSED:
         return EXIT_PIPE  # quietly, like any program whose reader went away
     if stderr is not None:
         print_summary(summary, stderr)
+    left_running(left, options.output)
     if stop.reason == INTERRUPTED:
         print(stop.summary_line(total, summary, options.output), file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -270,6 +291,8 @@ async def _consume(
         stack.enter_context(no_ctrl_c_echo(sys.stderr if progress is not None else None))
         if progress is not None:
             stack.enter_context(progress)
+            refresh = asyncio.create_task(_refresh(progress, batch))
+            stack.callback(refresh.cancel)
         try:
             async for last in batch:
                 stop.finished(last)
@@ -283,6 +306,15 @@ async def _consume(
             live.flush()
         if stop.count_cancelled(batch.summary) and progress is not None and last is not None:
             progress.update(last, batch)  # the final numbers: the cancelled counted, none in flight
+
+
+async def _refresh(progress: Any, batch: BatchRun, every_s: float = 1.0) -> None:
+    """The progress line moves while no record arrives (the clock, in flight; a batch run's batches)."""
+    import asyncio
+
+    while True:
+        await asyncio.sleep(every_s)
+        progress.update(None, batch)
 
 
 def _deliver(record: Any, sink: Any, live: GuardedStdout | None, stderr: Any) -> None:

@@ -7,6 +7,7 @@ stdout carries only outputs and can be piped.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -50,8 +51,16 @@ class ProgressDisplay:
     on stderr; what does not fit the terminal's width is left out, least important first, so that
     done/total and ETA stay on one line even at 60 columns."""
 
-    def __init__(self, total: int | None, label: str, console: Console | None = None) -> None:
+    def __init__(
+        self,
+        total: int | None,
+        label: str,
+        console: Console | None = None,
+        status: Callable[[], str] | None = None,
+    ) -> None:
         self.console = console or Console(stderr=True)
+        self.status = status
+        """What the run waits on besides its requests (the batch tier's batches), shown after the ETA."""
         self.total = total
         self.label = label if len(label) <= 16 else label[:15] + "…"
         self.progress = Progress(
@@ -81,6 +90,8 @@ class ProgressDisplay:
         parts = []
         if self.total is not None and done < self.total:
             parts.append(f"ETA {clock((self.total - done) / per_s)}" if per_s > 0 else "ETA –")
+        if self.status is not None:
+            parts.append(self.status())
         parts.append(clock(elapsed))
         parts.append(rate_text(per_s, "items/s"))
         if summary.failed:
@@ -96,7 +107,8 @@ class ProgressDisplay:
         fixed = len(self.label) + _BAR_MIN + len(f"{done}/{total}") + 3  # three column gaps
         return fit(parts, self.console.width - fixed - 1)
 
-    def update(self, record: Record, batch: BatchRun) -> None:
+    def update(self, record: Record | None, batch: BatchRun) -> None:
+        """After each record, and every second while the run waits (``record`` None)."""
         summary = batch.summary
         done = summary.done + summary.skipped + summary.not_run + summary.cancelled
         self.progress.update(self.task, completed=done, info=self.info(batch, done))
@@ -141,13 +153,29 @@ def summary_table(summary: dict[str, Any], title: str = "run summary") -> Table:
         rows.append(("rate-limit wait", _fmt(summary["rate_limit_wait_s"], " s")))
     if summary.get("cache_hits"):
         rows.append(("cache hits", _fmt(summary["cache_hits"])))
+    rows += _tier_rows(summary)
     if summary.get("cost_usd"):
-        rows.append(("cost", f"${summary['cost_usd']:.4f}"))
+        tier = summary.get("tier")
+        rows.append(
+            ("cost" + (f" ({tier} prices)" if tier and tier != "online" else ""), f"${summary['cost_usd']:.4f}")
+        )
     elif "cost_usd" in summary and summary["cost_usd"] is None:
         rows.append(("cost", "unknown (no price for the model; add it with --prices FILE)"))
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _tier_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    batches = summary.get("batches")
+    if not batches:
+        return []
+    resubmitted = f", {batches['resubmitted']:,} resubmitted" if batches.get("resubmitted") else ""
+    adopted = f", {batches['adopted']:,} from the earlier run" if batches.get("adopted") else ""
+    return [
+        ("batches", f"{batches['batches']:,} ({batches['requests']:,} requests{resubmitted}){adopted}"),
+        ("batch wall time", clock(batches.get("batch_wall_s") or 0.0)),
+    ]
 
 
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
