@@ -247,3 +247,34 @@ def test_dry_run_counts_requests_and_cost_per_tier_and_sends_nothing(topics: Pat
     assert "$" in online and "$" in batch
     assert float(batch.split("$")[1]) == pytest.approx(float(online.split("$")[1]) / 2, rel=0.02)
     assert server.stats()["requests"] == 0 and server.stats()["batches"]["files"] == []
+
+
+async def test_a_consumer_streaming_a_batch_tier_model_gets_the_batch_answer_not_an_online_request(
+    server: FaultServer,
+) -> None:
+    from chains.providers.models import ModelSession
+    from chains.settings import RunSettings
+
+    settings = RunSettings(
+        model="openai:test-model", base_url=server.base_url, api_key="x", tier="batch", batch_poll_s=0.05
+    )
+    async with ModelSession(settings) as session:
+        chunks = [chunk async for chunk in session.model.astream("hello there")]
+    assert server.stats()["requests"] == 0 and len(server.stats()["batches"]["created"]) == 1
+    message = chunks[0]
+    for chunk in chunks[1:]:
+        message += chunk
+    assert str(message.content).startswith("echo: hello there")
+    assert message.usage_metadata is not None and message.usage_metadata["input_tokens"] > 0
+
+
+def test_max_cost_reserves_at_batch_prices(topics: Path, server: FaultServer) -> None:
+    # a story request reserves about $0.0052 online (its prompt and max_tokens) and half that in a batch
+    online = cli(*_story(server, "--output", "online.jsonl", "--max-cost", "0.009", "-q", tier="online"), cwd=topics)
+    assert online.returncode == 1
+    assert any(r["metrics"]["status"] == "not_run" for r in records(topics / "online.jsonl"))
+    batch = cli(*_story(server, "--output", "batch.jsonl", "--max-cost", "0.009", "--metrics-out", "m.json", "-q"),
+                cwd=topics)  # fmt: skip
+    assert batch.returncode == 0, batch.stderr
+    assert all(r["error"] is None for r in records(topics / "batch.jsonl"))
+    assert json.loads((topics / "m.json").read_text())["cost_usd"] <= 0.009

@@ -42,7 +42,7 @@ from chains.engine.retry import (
 )
 from chains.providers import accounting
 from chains.providers.portal import Portal
-from chains.providers.streaming import Call, finish_reason, stream_to_consumer
+from chains.providers.streaming import Call, finish_reason, stream_to_consumer, whole_answer_chunk
 
 log = logging.getLogger("chains.requests")
 
@@ -342,7 +342,11 @@ class ManagedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         """To a consumer (``astream``, ``astream_events``, ``stream``): retried only before the first content
-        (``chains.providers.streaming``)."""
+        (``chains.providers.streaming``).  In the batch tier the answer comes whole, as one chunk, from its batch."""
+        if self.batches is not None:
+            result = await self._agenerate(messages, stop, run_manager, **kwargs)
+            yield whole_answer_chunk(result)
+            return
         async with aclosing(stream_to_consumer(self, messages, stop, run_manager, **kwargs)) as chunks:
             async for chunk in chunks:
                 yield chunk

@@ -8,6 +8,7 @@ after that a broken stream is an error saying so.  Also the two small things bot
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING, Any, cast
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.language_models.chat_models import generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.outputs import ChatGenerationChunk
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from chains.engine.limits import Limits, active_limits
 from chains.engine.metrics import current_item
@@ -40,6 +42,25 @@ def finish_reason(chunks: list[ChatGenerationChunk]) -> str | None:
 def has_content(chunk: ChatGenerationChunk) -> bool:
     message = chunk.message
     return bool(message.content) or bool(getattr(message, "tool_call_chunks", None))
+
+
+def whole_answer_chunk(result: ChatResult) -> ChatGenerationChunk:
+    """A whole answer (a batch row's) as the one chunk of a stream: its text, tool calls, usage and metadata."""
+    generation = result.generations[0]
+    message = generation.message
+    tool_calls = [
+        tool_call_chunk(name=call["name"], args=json.dumps(call["args"]), id=call.get("id"), index=i)
+        for i, call in enumerate(getattr(message, "tool_calls", None) or [])
+    ]
+    chunk = AIMessageChunk(
+        content=message.content,
+        additional_kwargs=dict(message.additional_kwargs),
+        response_metadata=dict(message.response_metadata),
+        usage_metadata=getattr(message, "usage_metadata", None),
+        tool_call_chunks=tool_calls,
+        id=message.id,
+    )
+    return ChatGenerationChunk(message=chunk, generation_info=generation.generation_info)
 
 
 @dataclass(slots=True)
