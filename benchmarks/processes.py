@@ -226,6 +226,19 @@ class MockServer:
         data = self._call("GET", "/_control/stats?log=0")
         return {k: data[k] for k in ("requests", "completed", "peak_in_flight", "in_flight", "cancelled", "aborted")}
 
+    def reset_all(self) -> None:
+        """Drop every file, batch, rule and setting as well as the counters: a run starts from nothing."""
+        self._call("POST", "/_control/reset", {"all": True})
+
+    def configure_batches(self, **settings: float) -> None:
+        """The batch phases (``validating_s``, ``in_progress_s``, ``finalizing_s``) and limits."""
+        self._call("POST", "/_control/batch_configure", settings)
+
+    def books(self) -> dict[str, Any]:
+        """Online counters and the batch bookkeeping (``batches``: submissions, answers, created, files)."""
+        data = self._call("GET", "/_control/stats?log=0")
+        return {"requests": data["requests"], "batches": data["batches"]}
+
     def cpu_s(self) -> float:
         """The server's CPU time so far (user + system), from /proc."""
         assert self.proc is not None

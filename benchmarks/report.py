@@ -157,9 +157,57 @@ def render_tables(report: dict[str, Any]) -> str:
                 f"Biggest top-level imports: {top}."
             ]
         lines.append("")
+    batch = report["scenarios"].get("batch")
+    if batch:
+        lines += batch_table(batch, quick)
     if report["failures"]:
         lines += ["## Failed runs", "", *(f"- {f}" for f in report["failures"]), ""]
     return "\n".join(lines)
+
+
+def batch_table(sc: dict[str, Any], quick: bool) -> list[str]:
+    """Scenario 7: one row per tier, ratios against online; the batch files the server received."""
+    header = [
+        "tier",
+        "wall s",
+        "wall ms/input",
+        "client CPU ms/input",
+        "CPU ×online",
+        "peak RSS MB",
+        "RSS ×online",
+        "extra RSS KB/input in flight",
+        "batch files",
+        "requests per file",
+        "server CPU s",
+    ]
+    lines = [f"## {sc['number']}. {sc['title']}", "", "| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    for name, md in sc["medians"].items():
+        row = [
+            f"`{name}`",
+            _fmt(md.get("wall_s")),
+            _fmt(md.get("wall_ms_per_input")),
+            _fmt(md.get("cpu_ms_per_input")),
+            _fmt(md.get("cpu_ms_per_input_x_online")),
+            _fmt(md.get("maxrss_mb"), 0),
+            _fmt(md.get("maxrss_mb_x_online")),
+            _fmt(md.get("extra_rss_kb_per_input"), 1),
+            _fmt(md.get("batch_files") or None, 0),
+            _fmt(md.get("requests_per_file"), 0),
+            _fmt(md.get("server_cpu_s")),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    settings = ", ".join(f"{k} {v:g}" for k, v in sc["server_batch_settings"].items())
+    lines += [
+        "",
+        f"Online: `--max-concurrency {sc['concurrency']}`. Batch: `--batch-size {sc['batch_size']:,} "
+        f"--batch-poll {sc['batch_poll_s']:g}`; the mock server's batch phases: {settings}.",
+        "",
+        f"Target: {sc['target']}",
+        *(_verdict(t, quick) for t in sc["targets"]),
+        "",
+    ]
+    return lines
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -169,7 +217,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     scenarios = report["scenarios"]
-    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
+    fig, axes = plt.subplots(2, 4, figsize=(22, 9.5))
     panels = [
         ("latency", "wall_s", "wall time, s (lower is better)", ("raw", 1.03)),
         ("variable", "wall_s", "wall time, s (lower is better)", ("raw", 1.10)),
@@ -224,10 +272,32 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.tick_params(labelsize=8)
     else:
         ax.set_visible(False)
+    plot_batch(axes.flat[6], scenarios.get("batch"))
+    axes.flat[7].set_visible(False)
     fig.suptitle(f"chain-runner benchmarks {report['date']}" + (" (quick)" if report["quick"] else ""), fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def plot_batch(ax: Any, sc: dict[str, Any] | None) -> None:
+    """Scenario 7: client CPU per input by tier, each bar labelled with its peak RSS."""
+    if not sc:
+        ax.set_visible(False)
+        return
+    names = list(sc["medians"])
+    values = [sc["medians"][n].get("cpu_ms_per_input", 0.0) for n in names]
+    bars = ax.barh(names, values, color=["#1f77b4" if n == "online" else "#d62728" for n in names])
+    for bar, name in zip(bars, names, strict=True):
+        rss = sc["medians"][name].get("maxrss_mb")
+        ax.text(
+            bar.get_width(), bar.get_y() + bar.get_height() / 2, f" peak RSS {_fmt(rss, 0)} MB", va="center", fontsize=8
+        )
+    ax.set_xlim(0, max(values, default=0.0) * 1.4 or 1.0)  # room for the labels
+    ax.invert_yaxis()
+    ax.set_title(textwrap.fill(f"{sc['number']}. {sc['title']}", 60), fontsize=9)
+    ax.set_xlabel("client CPU ms per input (lower is better)", fontsize=9)
+    ax.tick_params(labelsize=8)
 
 
 def write_report(report: dict[str, Any], out: Path, fail: Callable[[str], None]) -> None:
