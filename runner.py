@@ -4,6 +4,7 @@
     python runner.py story --topics examples/topics.txt
     python runner.py run summarize --input texts.jsonl --output out.jsonl
     python runner.py list | show CHAIN
+    python runner.py merge all.jsonl shard0.jsonl shard1.jsonl
     chain-runner --version                  # the console script: the same program
 
 Only this file calls ``asyncio.run``; everything else is async library code.  Messages name
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from chains.cli.commands import RunOptions
     from chains.settings import RunSettings
 
 EXIT_USAGE = 2
@@ -76,6 +78,23 @@ def _positive_float(text: str) -> float:
     if value == 0:
         raise argparse.ArgumentTypeError("must be greater than 0")
     return value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from chains.engine.shard import parse_shard
+    from chains.errors import UsageError
+
+    try:
+        shard = parse_shard(text)
+    except UsageError as exc:  # argparse names the flag itself: "argument --shard: ..."
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--shard ")) from None
+    return shard.index, shard.count
+
+
+def _address(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a Ray address (auto, HOST:PORT or ray://HOST:10001), got nothing")
+    return text
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -155,6 +174,30 @@ def _add_run_options(parser: argparse.ArgumentParser, *, file_run: bool = True) 
         help='price table, JSON/YAML: {"model": {"input": USD, "output": USD}} per 1M tokens',
     )
     _add_tier_options(parser, file_run=file_run)
+    if file_run:
+        _add_scale_options(parser)
+
+
+def _add_scale_options(parser: argparse.ArgumentParser) -> None:
+    scale = parser.add_argument_group("scale out (see README: Shards and merge)")
+    scale.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="I/N",
+        help="run only shard I of N (0 <= I < N) of the inputs, by the hash of each input's key; "
+        "N runs with their own --output cover every input once (join them with: merge)",
+    )
+    scale.add_argument(
+        "--workers", type=_positive_int, default=None, metavar="N", help="run in N worker processes on Ray"
+    )
+    scale.add_argument(
+        "--ray-address",
+        type=_address,
+        default=None,
+        metavar="ADDR",
+        help="run on the Ray cluster at ADDR (auto, HOST:PORT, ray://HOST:10001)",
+    )
 
 
 def _add_tier_options(parser: argparse.ArgumentParser, *, file_run: bool) -> None:
@@ -242,6 +285,19 @@ def build_parser(prog: str = "runner.py") -> argparse.ArgumentParser:
     _add_run_options(run)
     _add_common(run)
 
+    merge = commands.add_parser(
+        "merge",
+        help="join the records of several runs, one per input",
+        description="Join the records of IN files (e.g. the --output of each --shard run) into OUT, one record "
+        "per key: a success over failures (the latest success; else the latest failure); records without a key "
+        "are kept; indexes are kept.",
+    )
+    merge.add_argument("out", metavar="OUT.jsonl", help="the merged records (refused if it holds records)")
+    merge.add_argument("inputs", nargs="+", metavar="IN.jsonl", help="records files: the --output of runs")
+    merge.add_argument("--overwrite", action="store_true", help="replace the records already in OUT")
+    merge.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+    merge.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr")
+
     listing = commands.add_parser("list", help="list the chains", description="List every chain with its inputs.")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     _add_common(listing)
@@ -317,6 +373,8 @@ def _dispatch(args: argparse.Namespace, prog: str) -> int:
         if args.command == "list":
             return app.list_command(prompts, as_json=args.json)
         return app.show_command(args.chain, prompts)
+    if args.command == "merge":
+        return app.merge_command(args.out, args.inputs, overwrite=args.overwrite, quiet=args.quiet)
     import asyncio
 
     if args.command == "serve":
@@ -334,7 +392,14 @@ def _dispatch(args: argparse.Namespace, prog: str) -> int:
             )
         )
 
-    options = app.RunOptions(
+    return asyncio.run(app.run_command(run_options(args, prog), _settings(args)))
+
+
+def run_options(args: argparse.Namespace, prog: str) -> RunOptions:
+    """What ``story`` / ``run`` were asked to do, besides the settings."""
+    from chains.cli.commands import RunOptions
+
+    return RunOptions(
         chain="story" if args.command == "story" else args.chain,
         source=args.topics if args.command == "story" else args.input,
         topics=args.command == "story",
@@ -346,9 +411,11 @@ def _dispatch(args: argparse.Namespace, prog: str) -> int:
         quiet=args.quiet,
         cancel_on_interrupt=args.cancel_on_interrupt,
         dry_run=args.dry_run,
+        shard=args.shard,
+        workers=args.workers,
+        ray_address=args.ray_address,
         program=prog,
     )
-    return asyncio.run(app.run_command(options, _settings(args)))
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "runner.py") -> int:

@@ -11,16 +11,19 @@ import contextlib
 import itertools
 import json
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
+from chains.cli import scale
 from chains.errors import UsageError
 from chains.settings import RunSettings
 
 if TYPE_CHECKING:
     from chains.engine.execution import BatchRun
     from chains.engine.interrupt import RunStop
+    from chains.engine.shard import ShardCount
     from chains.io.sinks import GuardedStdout
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141
@@ -46,6 +49,12 @@ class RunOptions:
     """``--tier batch``: on Ctrl-C cancel the provider's batches instead of leaving them for ``--resume``."""
     dry_run: bool = False
     """Send nothing: count the first step's requests, tokens and cost per tier (``chains.providers.dry_run``)."""
+    shard: tuple[int, int] | None = None
+    """``--shard I/N``: only the inputs whose key hashes to shard I of N (``chains.engine.shard``)."""
+    workers: int | None = None
+    """``--workers N``: run the chain in N Ray worker processes (``chains.scale``)."""
+    ray_address: str | None = None
+    """``--ray-address ADDR``: run the chain on this Ray cluster (``chains.scale``)."""
     program: str = "runner.py"
     """The name the CLI was called by, for the messages that name a command."""
 
@@ -138,6 +147,8 @@ async def run_command(options: RunOptions, settings: RunSettings) -> int:
 
     _check_output_flags(options)
     check_tier_flags(options, settings)
+    scale.check_scale_flags(options, settings)
+    engine = scale.ray_engine(options)
     _check_tracing()
     library = PromptLibrary(settings.prompts_dirs)
     info = chain_info(options.chain, library)
@@ -147,11 +158,17 @@ async def run_command(options: RunOptions, settings: RunSettings) -> int:
                 f"--topics gives each line as 'topic', but {info.name} needs {', '.join(info.required)}; "
                 f"use: {options.program} run {info.name} --input FILE"
             )
-        rows = read_topics(options.source)
         fmt = "lines"
+
+        def reader() -> Any:
+            return read_topics(options.source)
     else:
         fmt = detect_format(options.source)
-        rows = read_inputs(options.source, chain=info.name, required=info.required, fmt=fmt)
+
+        def reader() -> Any:
+            return read_inputs(options.source, chain=info.name, required=info.required, fmt=fmt)
+
+    rows = reader()
     try:
         _check_output_files(options)
         total = count_inputs(options.source, fmt)
@@ -164,7 +181,8 @@ async def run_command(options: RunOptions, settings: RunSettings) -> int:
             from chains.cli.dry_run import dry_run_command
 
             return await dry_run_command(settings, library, info, inputs)
-        return await _run(options, settings, library, info, inputs, total)
+        reopen = None if options.source == "-" else reader
+        return await _run(options, settings, library, info, inputs, total, reopen, engine)
     finally:
         rows.close()
 
@@ -195,18 +213,31 @@ def _check_output_files(options: RunOptions) -> None:
 
 
 async def _run(
-    options: RunOptions, settings: RunSettings, library: Any, info: Any, inputs: Any, total: int | None
+    options: RunOptions,
+    settings: RunSettings,
+    library: Any,
+    info: Any,
+    inputs: Any,
+    total: int | None,
+    reopen: Callable[[], Any] | None = None,
+    engine: Callable[..., Any] | None = None,
 ) -> int:
+    """``reopen`` gives a fresh reader of the same inputs (None for standard input): a shard run counts its own.
+    ``engine`` is the Ray engine's ``run_on_ray`` (``--workers``, ``--ray-address``), called in ``run_batch``'s place."""
     from chains.cli.tiers import batch_summary, left_running
     from chains.engine.callbacks import live_token_handler
     from chains.engine.execution import run_batch
     from chains.engine.interrupt import INTERRUPTED, STDOUT_CLOSED, RunStop
     from chains.engine.resume import done_keys, input_key
+    from chains.engine.shard import as_shard
     from chains.io.sinks import GuardedStdout, JsonlSink, TextSink
     from chains.providers.models import ModelSession
     from chains.spec.registry import get_chain
 
-    single = total == 1
+    single = total == 1  # of the whole file, shard or not: a shard run is a batch run whatever its share
+    shard = as_shard(options.shard) if options.shard is not None else None
+    counted: ShardCount | None = None
+    run_total = total if shard is None else None
     stream = options.stream if options.stream is not None else (single and not options.quiet)
     settings = settings.model_copy(update={"stream": stream})
 
@@ -238,20 +269,27 @@ async def _run(
             live = single and stream and not options.quiet
             callbacks = [live_token_handler(cast(TextIO, stdout))] if live else []
             key = input_key(info.digest, session.identity, settings.model_overrides())
+            if shard is not None:
+                counted = scale.count_shard(reopen, key, shard)
+                run_total = counted.inputs if counted is not None else None
             if sink is None and not live:
                 sink = TextSink(stdout)
-            admitted = stop.gate(inputs, lambda value: bool(skip) and _skipped(key, skip, value))
-            batch = run_batch(
-                chain,
-                admitted,
-                settings=settings,
-                limits=session.limits,
-                callbacks=[*callbacks, stop.tracker],
-                key=key,
-                skip=skip,
-            )
+            if engine is None:
+                admitted = stop.gate(inputs, lambda value: scale.untracked(key, skip, shard, value))
+                batch: Any = run_batch(
+                    chain,
+                    admitted,
+                    settings=settings,
+                    limits=session.limits,
+                    callbacks=[*callbacks, stop.tracker],
+                    key=key,
+                    skip=skip,
+                    shard=shard,
+                )
+            else:
+                batch = scale.on_ray(engine, info.name, inputs, options, settings, stop, key, skip, shard)
             status = session.model.batches.status_line if session.model.batches is not None else None
-            progress = None if (single or stderr is None) else ProgressDisplay(total, info.name, stderr, status)
+            progress = None if (single or stderr is None) else ProgressDisplay(run_total, info.name, stderr, status)
             await _consume(batch, sink, progress, stop, stdout if live else None, stderr)
         finally:
             if sink is not None:
@@ -260,21 +298,21 @@ async def _run(
         left = await session.aclose(cancel_batches=options.cancel_on_interrupt and stop.reason == INTERRUPTED)
     summary = batch.summary.finish().to_dict()
     batch_summary(session, summary)
+    if shard is not None:
+        summary["shard"] = scale.shard_summary(shard, counted, batch, summary)
     if options.metrics_out:
         write_json(options.metrics_out, summary, "--metrics-out")
     if stop.reason == STDOUT_CLOSED:
         return EXIT_PIPE  # quietly, like any program whose reader went away
     if stderr is not None:
         print_summary(summary, stderr)
+        if shard is not None:
+            print(scale.shard_line(summary["shard"]), file=sys.stderr)
     left_running(left, options.output)
     if stop.reason == INTERRUPTED:
-        print(stop.summary_line(total, summary, options.output), file=sys.stderr)
+        print(stop.summary_line(run_total, summary, options.output), file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_FAILED if summary["failed"] or summary["not_run"] else EXIT_OK
-
-
-def _skipped(key: Any, skip: set[str], value: Any) -> bool:
-    return not isinstance(value, BaseException) and key(value) in skip
 
 
 async def _consume(
@@ -325,6 +363,17 @@ def _deliver(record: Any, sink: Any, live: GuardedStdout | None, stderr: Any) ->
         live.flush()
         if record.error is not None and stderr is not None:
             stderr.print(f"[red]failed[/red]: {record.error['message']}", highlight=False)
+
+
+def merge_command(out: str, inputs: Sequence[str], *, overwrite: bool = False, quiet: bool = False) -> int:
+    """``merge OUT IN...``: the records of several runs (``--shard`` runs, resumes) as one file, one per key
+    (``chains.io.merge``); one summary line on stderr."""
+    from chains.io.merge import merge_records
+
+    report = merge_records(out, inputs, overwrite=overwrite)
+    if not quiet:
+        print(report.line(out), file=sys.stderr)
+    return EXIT_OK
 
 
 def write_json(path: str, data: Any, flag: str = "--metrics-out") -> None:

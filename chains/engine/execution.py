@@ -28,7 +28,8 @@ from langchain_core.runnables import Runnable
 from chains.engine.callbacks import MetricsHandler, TokenStreamHandler
 from chains.engine.limits import Limits, install_limits
 from chains.engine.metrics import ItemMetrics, ItemStatus, RunSummary, set_current_item, set_current_key
-from chains.errors import BudgetExceededError, ProviderError
+from chains.engine.shard import Shard, as_shard
+from chains.errors import BudgetExceededError, ProviderError, UsageError
 from chains.settings import RunSettings
 
 Input = dict[str, Any]
@@ -144,10 +145,14 @@ class BatchRun:
         start_index: int = 0,
         key: Callable[[Any], str] | None = None,
         skip: Container[str] = (),
+        shard: Shard | tuple[int, int] | None = None,
     ) -> None:
         self.chain = chain
         self.key = key
         self.skip = skip
+        self.shard = _checked_shard(shard, key)
+        self.other_shards = 0
+        """Inputs read and passed over: another shard's (they get no record and are in no count of the summary)."""
         self.inputs = inputs
         self.settings = settings or RunSettings()
         self.limits = limits or Limits.create(self.settings.max_concurrency)
@@ -236,8 +241,11 @@ class BatchRun:
             self.summary.finish()
 
     async def _process(self, index: int, value: Any) -> Record | None:
-        """One input to its record (None when ``--resume`` skips it)."""
+        """One input to its record (None when ``--resume`` skips it, or it is another shard's)."""
         key = self.key(value) if self.key is not None and not isinstance(value, BaseException) else None
+        if self.shard is not None and not self.shard.owns(key):
+            self.other_shards += 1
+            return None
         if key is not None and key in self.skip:
             self.summary.skipped += 1  # already has a success record: no request
             return None
@@ -268,6 +276,14 @@ class BatchRun:
         return error
 
 
+def _checked_shard(shard: Shard | tuple[int, int] | None, key: Callable[[Any], str] | None) -> Shard | None:
+    if shard is None:
+        return None
+    if key is None:
+        raise UsageError("run_batch(shard=...) needs key=...: an input's shard is the hash of its key")
+    return as_shard(shard)
+
+
 async def _aiter(values: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
     if isinstance(values, AsyncIterable):
         async for value in values:
@@ -287,6 +303,7 @@ def run_batch(
     callbacks: Sequence[BaseCallbackHandler] = (),
     key: Callable[[Any], str] | None = None,
     skip: Container[str] = (),
+    shard: Shard | tuple[int, int] | None = None,
 ) -> BatchRun:
     """Run ``chain`` over ``inputs``; ``async for record in run_batch(...)``.
 
@@ -297,11 +314,18 @@ def run_batch(
     ``key``, each record carries its input's key and inputs whose key is in
     ``skip`` (already done) are skipped without a request.  Once the run's
     budget is exhausted, the remaining inputs get "not run" records.
+
+    ``shard=(I, N)`` (needs ``key``) runs only the inputs whose key hashes to shard I of N
+    (``chains.engine.shard``), so N runs with their own outputs cover every input once; the others are read
+    and passed over (no record, not counted as skipped), and each record keeps its place in the whole input
+    as its ``index``.
     """
     settings = settings or RunSettings()
     if max_concurrency is not None:
         settings = settings.model_copy(update={"max_concurrency": max_concurrency})
-    return BatchRun(chain, inputs, settings=settings, limits=limits, callbacks=callbacks, key=key, skip=skip)
+    return BatchRun(
+        chain, inputs, settings=settings, limits=limits, callbacks=callbacks, key=key, skip=skip, shard=shard
+    )
 
 
 async def stream_one(
