@@ -1,0 +1,253 @@
+"""One governor for a whole scaled-out run: the in-flight cap, RPM/TPM, the AIMD window and the budget, in one place.
+
+Workers never ask it once per request: they *lease* capacity in small slices (``Governor.lease``) and spend it
+locally (``chains.scale.leased_limits``).  What a lease may hold, and why the limits still hold across every worker:
+
+- **Slots** (the in-flight cap): the slots held by all workers never exceed the AIMD window, itself at most
+  ``max_concurrency``; a worker keeps its slots for its next requests and gives idle ones back.  After a 429 the
+  window halves (``throttled``) and new slots are granted only once the held ones fall below it; workers are asked
+  to give back what they do not use (``heartbeat``).
+- **Rate credit** (RPM/TPM): requests and tokens are counted in the window at the moment they are granted, and a
+  credit is valid for ``credit_s`` from its arrival at the worker; the governor counts grants over
+  ``window_s + 2 * credit_s``, so as long as a grant reaches its worker within ``credit_s`` (milliseconds through
+  Ray), any ``window_s`` window of *sends* holds at most ``rpm`` requests and ``tpm`` tokens.  A request that used more
+  tokens than its estimate reports the excess (``debt``), counted at once.
+- **Budget** (``--max-cost``): USD credit is reserved when granted; spent and unused credit come back in the next
+  call.  Granted + spent never exceeds ``max_cost``; when the rest cannot cover a request, the run's budget is
+  exhausted and every worker hears so.
+- **Dead workers**: a lease is renewed by the worker's heartbeat; a worker silent for ``ttl_s`` has its slots
+  reclaimed and its unsettled USD counted as spent (its in-flight requests may have been billed).
+
+``Governor`` is plain asyncio code (tested without Ray); ``start_governor`` runs it as a Ray actor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from chains.settings import RunSettings
+
+USD_EPSILON = 1e-9
+"""Float sums of prices: amounts this close are equal."""
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a worker needs now (each at least for its next request) and would like (a slice)."""
+
+    slots: int = 0
+    requests: int = 0
+    tokens: int = 0
+    usd: float = 0.0
+    min_tokens: int = 0
+    min_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class Grant:
+    slots: int = 0
+    requests: int = 0
+    tokens: int = 0
+    usd: float = 0.0
+    credit_s: float = 0.0
+    """Rate credit is void this long after the lease was asked for; slots and USD stay until given back."""
+    exhausted: bool = False
+    """The budget cannot cover the next request: stop admitting inputs."""
+
+
+@dataclass
+class Report:
+    """What a worker gives back or owes, sent with its next lease or heartbeat (no call of its own)."""
+
+    slots: int = 0
+    usd_unused: float = 0.0
+    usd_spent: float = 0.0
+    token_debt: int = 0
+    throttled: int = 0
+    succeeded: int = 0
+
+
+@dataclass
+class _Holder:
+    slots: int = 0
+    usd: float = 0.0
+    seen: float = 0.0
+
+
+@dataclass
+class Governor:
+    max_concurrency: int
+    rpm: float | None = None
+    tpm: float | None = None
+    max_cost: float | None = None
+    window_s: float = 60.0
+    credit_s: float = 1.0
+    ttl_s: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    window: float = field(init=False)
+    held: int = 0
+    spent: float = 0.0
+    reserved: float = 0.0
+    exhausted: bool = False
+    leases: int = 0
+    empty: int = 0
+    peak_held: int = 0
+    _holders: dict[str, _Holder] = field(default_factory=dict)
+    _grants: deque[tuple[float, int, int]] = field(default_factory=deque)
+    _requests: int = 0
+    _tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self.window = float(self.max_concurrency)
+
+    @classmethod
+    def for_settings(cls, settings: RunSettings, *, window_s: float = 60.0) -> Governor:
+        return cls(settings.max_concurrency, settings.rpm, settings.tpm, settings.max_cost, window_s=window_s)
+
+    # ------------------------------------------------------------------ the calls workers make
+
+    async def lease(self, worker: str, ask: Ask, report: Report | None = None) -> Grant:
+        """Up to the slice of each asked dimension, if at least its minimum is free now; else an empty grant (the
+        worker asks again shortly: a governor that never blocks cannot be deadlocked by a stale ask)."""
+        self._take_report(worker, report)
+        self._reclaim()
+        grant = self._try_grant(worker, ask)
+        if grant is None:
+            self.empty += 1
+            return Grant()
+        return grant
+
+    async def heartbeat(self, worker: str, report: Report | None = None) -> int:
+        """Renews the worker's lease; the slots it should give back (the window shrank, or others wait)."""
+        self._take_report(worker, report)
+        self._reclaim()
+        holder = self._holders.get(worker)
+        over = self.held - max(1, int(self.window))
+        return min(holder.slots, over) if holder is not None and over > 0 else 0
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "held": self.held,
+            "peak_held": self.peak_held,
+            "window": round(self.window, 3),
+            "spent": round(self.spent, 6),
+            "reserved": round(self.reserved, 6),
+            "exhausted": self.exhausted,
+            "leases": self.leases,
+            "empty_leases": self.empty,
+            "workers": len(self._holders),
+        }
+
+    # ------------------------------------------------------------------ inside
+
+    def _holder(self, worker: str) -> _Holder:
+        holder = self._holders.setdefault(worker, _Holder())
+        holder.seen = self.clock()
+        return holder
+
+    def _take_report(self, worker: str, report: Report | None) -> None:
+        holder = self._holder(worker)
+        if report is None:
+            return
+        returned = min(report.slots, holder.slots)
+        holder.slots -= returned
+        self.held -= returned
+        back = min(report.usd_unused + report.usd_spent, holder.usd)
+        holder.usd -= back
+        self.reserved -= back
+        self.spent += report.usd_spent
+        if report.token_debt > 0:
+            self._count(0, report.token_debt)
+        for _ in range(report.throttled):
+            self.window = max(1.0, self.window / 2)
+        for _ in range(report.succeeded):
+            if self.window < self.max_concurrency:
+                self.window = min(float(self.max_concurrency), self.window + 1.0 / self.window)
+
+    def _try_grant(self, worker: str, ask: Ask) -> Grant | None:
+        now = self.clock()
+        self._expire(now)
+        slots = min(ask.slots, max(0, int(self.window) - self.held))
+        if ask.slots and slots < 1:
+            return None
+        requests = min(ask.requests, self._free_requests())
+        tokens = min(ask.tokens, self._free_tokens())
+        if ask.requests and (requests < 1 or tokens < min(ask.min_tokens, self.tpm or ask.min_tokens)):
+            return None
+        usd = 0.0
+        if self.max_cost is not None and (ask.usd or ask.min_usd):
+            free = self.max_cost - self.spent - self.reserved
+            if free < ask.min_usd - USD_EPSILON:
+                if self.reserved <= USD_EPSILON or self.exhausted:
+                    self.exhausted = True  # nothing out on credit can come back: the rest will not fit
+                    return Grant(exhausted=True)
+                return None  # credit held by others may come back unused
+            usd = min(max(ask.usd, ask.min_usd), free)
+        holder = self._holder(worker)
+        holder.slots += slots
+        holder.usd += usd
+        self.held += slots
+        self.peak_held = max(self.peak_held, self.held)
+        self.reserved += usd
+        if requests or tokens:
+            self._count(requests, tokens)
+        self.leases += 1
+        return Grant(slots, requests, tokens, usd, self.credit_s, self.exhausted)
+
+    def _count(self, requests: int, tokens: int) -> None:
+        self._grants.append((self.clock(), requests, tokens))
+        self._requests += requests
+        self._tokens += tokens
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window_s - 2 * self.credit_s
+        while self._grants and self._grants[0][0] <= horizon:
+            _, requests, tokens = self._grants.popleft()
+            self._requests -= requests
+            self._tokens -= tokens
+
+    def _free_requests(self) -> int:
+        return 1_000_000 if self.rpm is None else max(0, int(self.rpm) - self._requests)
+
+    def _free_tokens(self) -> int:
+        return 1_000_000_000 if self.tpm is None else max(0, int(self.tpm) - self._tokens)
+
+    def _reclaim(self) -> None:
+        """A worker silent for ``ttl_s`` is dead: its slots come back, its unsettled USD counts as spent."""
+        now = self.clock()
+        for worker, holder in list(self._holders.items()):
+            if now - holder.seen > self.ttl_s and (holder.slots or holder.usd):
+                self.held -= holder.slots
+                self.reserved -= holder.usd
+                self.spent += holder.usd
+                del self._holders[worker]
+
+
+def start_governor(settings: RunSettings, *, window_s: float = 60.0) -> Any:
+    """The run's governor as an async Ray actor (one per run, on the driver's node)."""
+    import ray
+
+    actor: Any = cast(Any, ray).remote(num_cpus=0, max_concurrency=10_000)(_GovernorActor)
+    return actor.remote(settings.max_concurrency, settings.rpm, settings.tpm, settings.max_cost, window_s)
+
+
+class _GovernorActor:
+    """``Governor`` behind Ray: its methods are the actor's."""
+
+    def __init__(
+        self, max_concurrency: int, rpm: float | None, tpm: float | None, max_cost: float | None, window_s: float
+    ) -> None:
+        self.governor = Governor(max_concurrency, rpm, tpm, max_cost, window_s=window_s)
+
+    async def lease(self, worker: str, ask: Ask, report: Report | None = None) -> Grant:
+        return await self.governor.lease(worker, ask, report)
+
+    async def heartbeat(self, worker: str, report: Report | None = None) -> int:
+        return await self.governor.heartbeat(worker, report)
+
+    async def stats(self) -> dict[str, Any]:
+        return self.governor.stats()
