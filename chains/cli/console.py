@@ -153,6 +153,7 @@ def summary_table(summary: dict[str, Any], title: str = "run summary") -> Table:
         rows.append(("rate-limit wait", _fmt(summary["rate_limit_wait_s"], " s")))
     if summary.get("cache_hits"):
         rows.append(("cache hits", _fmt(summary["cache_hits"])))
+    rows += _worker_rows(summary)
     rows += _tier_rows(summary)
     if summary.get("cost_usd"):
         tier = summary.get("tier")
@@ -164,6 +165,23 @@ def summary_table(summary: dict[str, Any], title: str = "run summary") -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _worker_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """A scaled-out run: each worker's share and pace, Ray's start-up, the inputs run again after a worker died."""
+    workers = summary.get("per_worker")
+    if not workers:
+        return []
+    rows = [
+        (f"worker {w['worker']}" + ("" if w.get("alive", True) else " (died)"),
+         f"{w['items']:,} items" + (f" · {rate_text(w['items_per_s'], 'items/s')}" if w.get("items_per_s") else ""))
+        for w in workers
+    ]  # fmt: skip
+    if summary.get("startup_s") is not None:
+        rows.append(("Ray start-up", _fmt(summary["startup_s"], " s")))
+    if summary.get("inputs_rerun"):
+        rows.append(("inputs run again (worker died)", _fmt(summary["inputs_rerun"])))
+    return rows
 
 
 def _tier_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:

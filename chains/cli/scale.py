@@ -61,7 +61,7 @@ def on_ray(
 
     source = select(inputs, key, shard) if shard is not None else inputs
     admitted = stop.gate(source, lambda value: untracked(key, skip, None, value))
-    return engine(
+    run = engine(
         chain_name,
         admitted,
         settings=settings,
@@ -71,6 +71,9 @@ def on_ray(
         skip=skip,
         callbacks=(),
     )
+    run.start()  # Ray joined or started, workers built: a refusal is one line before any progress is shown
+    stop.also(run.stop)  # a first Ctrl-C: no new input, those in flight on the workers cancelled and counted
+    return run
 
 
 def ray_engine(options: RunOptions) -> Callable[..., Any] | None:

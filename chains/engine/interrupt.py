@@ -59,8 +59,13 @@ class RunStop:
         self._consumer: asyncio.Task[Any] | None = None
         self._consumer_cancelled = False
         self.tracker = _Tracker(self)
+        self._hooks: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ the inputs
+
+    def also(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` when the stop is first requested (an engine whose inputs run elsewhere: Ray's workers)."""
+        self._hooks.append(hook)
 
     def gate(self, inputs: Iterable[Any], skipped: Callable[[Any], bool]) -> Iterator[Any]:
         """``inputs`` until the run is stopped; ``skipped`` ones (``--resume``) will get no record."""
@@ -90,6 +95,8 @@ class RunStop:
                 self._consumer.cancel()
             return
         self.reason = reason
+        for hook in self._hooks:
+            hook()
         for admitted in self._open.values():
             if admitted.task is not None and not admitted.ended:
                 admitted.task.cancel()

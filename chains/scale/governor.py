@@ -129,6 +129,14 @@ class Governor:
         over = self.held - max(1, int(self.window))
         return min(holder.slots, over) if holder is not None and over > 0 else 0
 
+    async def forget(self, worker: str) -> None:
+        """A worker the driver saw die: its slots come back now, its unsettled USD counts as spent."""
+        holder = self._holders.pop(worker, None)
+        if holder is not None:
+            self.held -= holder.slots
+            self.reserved -= holder.usd
+            self.spent += holder.usd
+
     def stats(self) -> dict[str, Any]:
         return {
             "held": self.held,
@@ -248,6 +256,9 @@ class _GovernorActor:
 
     async def heartbeat(self, worker: str, report: Report | None = None) -> int:
         return await self.governor.heartbeat(worker, report)
+
+    async def forget(self, worker: str) -> None:
+        await self.governor.forget(worker)
 
     async def stats(self) -> dict[str, Any]:
         return self.governor.stats()

@@ -222,8 +222,11 @@ class LeasedLimits(Limits):
         """What is owed, and (when idle) the slots and USD this worker does not use."""
         report, self.report = self.report, Report()
         if idle and self.waiters == 0:
-            report.slots, self.free_slots, self.held_slots = self.free_slots, 0, self.held_slots - self.free_slots
-            report.usd_unused, self.usd = max(0.0, self.usd), min(0.0, self.usd)
+            report.slots += self.free_slots  # beside what the heartbeat already queued to give back
+            self.held_slots -= self.free_slots
+            self.free_slots = 0
+            report.usd_unused += max(0.0, self.usd)
+            self.usd = min(0.0, self.usd)
         return report
 
     def _exhausted(self, usd: float) -> BudgetExceededError:

@@ -1,0 +1,94 @@
+"""A scaled-out run's summary: the run's numbers (the sum of its records) plus each worker's share.
+
+``per_worker`` items/s run from a worker's first input to its last record, so Ray's start-up (``startup_s``,
+which the run's ``wall_s`` includes) does not dilute them.
+
+Items per second per worker say whether the work was spread evenly and whether one node is slow; inputs run
+again (their worker died under them) say what the faults cost.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from chains.engine.metrics import RunSummary
+
+
+@dataclass
+class WorkerStats:
+    """One worker actor of the run (a replacement is another one)."""
+
+    name: str
+    pid: int | None = None
+    node: str | None = None
+    items: int = 0
+    """Records it produced (ok or failed)."""
+    lost: int = 0
+    """Inputs that were in flight on it when it died (run again elsewhere)."""
+    alive: bool = True
+    first: float | None = None
+    """When it was handed its first input."""
+    last: float | None = None
+    """When its last record arrived (or it died)."""
+
+    def dispatched(self) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+
+    def delivered(self) -> None:
+        self.items += 1
+        self.last = time.perf_counter()
+
+    def died(self, lost: int) -> None:
+        self.alive = False
+        self.lost += lost
+        self.last = time.perf_counter()
+
+    @property
+    def items_per_s(self) -> float | None:
+        if self.first is None or self.last is None or self.last <= self.first:
+            return None
+        return self.items / (self.last - self.first)
+
+    def to_dict(self) -> dict[str, Any]:
+        rate = self.items_per_s
+        return {
+            "worker": self.name,
+            "pid": self.pid,
+            "node": self.node,
+            "items": self.items,
+            "items_per_s": None if rate is None else round(rate, 3),
+            "lost": self.lost,
+            "alive": self.alive,
+        }
+
+
+@dataclass
+class ScaleSummary(RunSummary):
+    """``RunSummary`` plus ``per_worker`` (items and items/s per worker) and the inputs run again."""
+
+    workers: list[WorkerStats] = field(default_factory=list)
+    rerun: int = 0
+    """Inputs sent again because the worker running them died."""
+    startup_s: float | None = None
+    """From the run's start until every worker had built its chain (Ray started or joined): part of ``wall_s``."""
+    governor: dict[str, Any] | None = None
+    """The governor's own numbers at the end (peak slots held, leases granted), when the run had one."""
+
+    @property
+    def per_worker(self) -> list[dict[str, Any]]:
+        return [worker.to_dict() for worker in self.workers]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["per_worker"] = self.per_worker
+        data["inputs_rerun"] = self.rerun
+        data["startup_s"] = None if self.startup_s is None else round(self.startup_s, 4)
+        if self.governor is not None:
+            data["governor"] = dict(self.governor)
+        return data
+
+
+__all__ = ["ScaleSummary", "WorkerStats"]

@@ -1,0 +1,118 @@
+"""One Ray worker process of a scaled-out run: it builds its own chain and runs inputs the in-process way.
+
+A chain is never pickled (LCEL objects with HTTP pools inside do not travel well): the worker gets the chain's
+name, the settings (prompt directories included) and the run's key function, and builds the chain from them as
+the CLI does, once, on first use, on the actor's own event loop.  Each input then goes through the same
+``BatchRun`` path as in one process (key, budget, limits, metrics, failures as records); what comes back is
+plain data (``chains.scale.wire``).
+
+The chain's prompt files are checked against the driver's digest: a node whose ``--prompts-dir`` differs would
+answer with other prompts under the same resume keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from chains.errors import UsageError
+from chains.settings import RunSettings
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to build its chain and run inputs (sent once, when the actor is created)."""
+
+    chain: str
+    settings: RunSettings
+    digest: str
+    """The chain's digest on the driver (``ChainInfo.digest``): its prompt files must be the same here."""
+    key: Callable[[Any], str] | None = None
+    callbacks: Sequence[Any] = ()
+    """LangChain callback handlers; they run here, in the worker process."""
+    governor: Any = None
+    """The run's governor actor (``chains.scale.governor``); None: the worker's own in-process limits."""
+
+
+class ChainWorker:
+    """The actor class (made a Ray actor by the driver, ``ray.remote(ChainWorker)``): Ray is not imported here."""
+
+    def __init__(self, spec: WorkerSpec, name: str) -> None:
+        self.spec = spec
+        self.name = name
+        self._run: Any = None
+        self._session: Any = None
+        self._lock: asyncio.Lock | None = None
+
+    async def info(self) -> dict[str, Any]:
+        """The worker's process and node, once its chain is built (a worker that cannot build it fails here)."""
+        await self._ready()
+        import ray
+
+        return {"pid": os.getpid(), "node": ray.util.get_node_ip_address()}
+
+    async def run(self, index: int, value: Any) -> dict[str, Any]:
+        """One input to its record's data (``chains.scale.wire``); its failures are records, never raised."""
+        from chains.engine.limits import install_limits
+        from chains.scale.wire import to_wire
+
+        run = await self._ready()
+        install_limits(run.limits)  # this call's own task context
+        record = await run._process(index, value)  # the one in-process path: key, budget, run_one
+        return to_wire(record)
+
+    async def close(self) -> None:
+        """Give back what the worker holds (leased limits, HTTP pools) before the actor is killed."""
+        if self._session is None:
+            return
+        closing = getattr(self._session.limits, "aclose", None)
+        if closing is not None:
+            await closing()
+        await self._session.aclose()
+        self._session = None
+
+    async def _ready(self) -> Any:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._run is None:
+                self._run = self._build()
+        return self._run
+
+    def _build(self) -> Any:
+        from chains.engine.execution import BatchRun
+        from chains.providers.models import ModelSession
+        from chains.spec.prompts_library import PromptLibrary
+        from chains.spec.registry import chain_info, get_chain
+
+        spec, settings = self.spec, self.spec.settings
+        library = PromptLibrary(settings.prompts_dirs)
+        if chain_info(spec.chain, library).digest != spec.digest:
+            raise UsageError(
+                f"the prompt files of chain {spec.chain} on Ray worker {self.name} are not the driver's; "
+                "put the same prompt files (--prompts-dir, at the same path) on every node"
+            )
+        session = ModelSession(settings, limits=self._limits(settings))
+        self._session = session
+        chain = get_chain(spec.chain, session.model, library=library)
+        return BatchRun(
+            chain, (), settings=settings, limits=session.limits, callbacks=list(spec.callbacks), key=spec.key
+        )
+
+    def _limits(self, settings: RunSettings) -> Any:
+        """The governor's leased limits, shared by every worker of the run; None: ModelSession's own (per worker)."""
+        if self.spec.governor is None:
+            return None
+        from chains.engine.pricing import PriceTable
+        from chains.providers.models import builtin_prices_apply, resolve_model_spec
+        from chains.scale.leased_limits import worker_limits
+
+        model, _ = resolve_model_spec(settings)
+        prices = PriceTable.load(settings.prices, builtin=builtin_prices_apply(model, settings.base_url))
+        return worker_limits(self.spec.governor, settings, self.name, prices)
+
+
+__all__ = ["ChainWorker", "WorkerSpec"]
