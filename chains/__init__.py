@@ -19,6 +19,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
+    "run_on_ray": "chains.scale.ray_engine",
+    "RayRun": "chains.scale.ray_engine",
+    "merge_records": "chains.io.merge",
     "get_chain": "chains.spec.registry",
     "list_chains": "chains.spec.registry",
     "chain_info": "chains.spec.registry",
@@ -57,6 +60,7 @@ __all__ = [
     "ModelSession",
     "PromptLibrary",
     "PromptSpec",
+    "RayRun",
     "Record",
     "RunSettings",
     "RunSummary",
@@ -71,7 +75,9 @@ __all__ = [
     "get_chain",
     "list_chains",
     "load_spec",
+    "merge_records",
     "run_batch",
+    "run_on_ray",
     "stream_one",
 ]
 
@@ -111,9 +117,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from chains.engine.execution import BatchRun, Record, StreamEvent, run_batch, stream_one
     from chains.engine.limits import Limits
     from chains.engine.metrics import ItemMetrics, RunSummary
+    from chains.io.merge import merge_records
     from chains.providers.fake import FakeChatModel
     from chains.providers.managed import ManagedChatModel
     from chains.providers.models import ModelSession
+    from chains.scale.ray_engine import RayRun, run_on_ray
     from chains.settings import RunSettings
     from chains.spec.definitions import (
         build_story_chain,

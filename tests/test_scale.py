@@ -449,3 +449,27 @@ def _python(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def test_kill_9_of_the_driver_then_resume_finishes_the_run(tmp_path: Path) -> None:
+    from conftest import runner_env
+
+    topics = [f"driver kill {i}" for i in range(40)]
+    (tmp_path / "t.txt").write_text("\n".join(topics) + "\n")
+    args = [sys.executable, str(ROOT / "runner.py"), "story", "--topics", "t.txt", "--workers", "2",
+            "--output", "out.jsonl", "--fake-delay", "0.002", "--max-concurrency", "2", "-q"]  # fmt: skip
+    env = runner_env(RAY_USAGE_STATS_ENABLED="0")
+    run = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = tmp_path / "out.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 5):
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.communicate(timeout=10)
+    before = out.read_text().count("\n")
+    assert 5 <= before < 40
+    resumed = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
+    ok = sorted(r["input"]["topic"] for r in lines if r["error"] is None)
+    assert ok == sorted(topics)  # one success per input, none twice
