@@ -79,27 +79,27 @@ class WorkerPool:
         room = [w for w in self.live if w.load < self.window]
         return min(room, key=lambda w: w.load) if room else None
 
-    def submit(self, worker: Worker, index: int, value: Any) -> tuple[asyncio.Future[Any], Any]:
-        """Send one input to ``worker``: its record's future here, and its Ray object ref (to cancel it)."""
-        worker.load += 1
+    def submit(self, worker: Worker, inputs: list[tuple[int, Any]]) -> tuple[asyncio.Future[Any], Any]:
+        """Send a chunk of inputs to ``worker``: the future of their records here, and its Ray object ref (to cancel)."""
+        worker.load += len(inputs)
         worker.stats.dispatched()
-        ref = worker.handle.run.remote(index, value)
+        ref = worker.handle.run_many.remote(inputs)
         return _future(ref), ref
 
-    def delivered(self, worker: Worker) -> None:
-        worker.load -= 1
-        worker.stats.delivered()
+    def delivered(self, worker: Worker, count: int = 1) -> None:
+        worker.load -= count
+        worker.stats.delivered(count)
 
-    def cancelled(self, worker: Worker) -> None:
-        worker.load -= 1
+    def cancelled(self, worker: Worker, count: int = 1) -> None:
+        worker.load -= count
 
-    def lost(self, worker: Worker) -> None:
-        """An input in flight on ``worker`` came back with its death; the first such news kills and replaces it."""
-        worker.load -= 1
+    def lost(self, worker: Worker, count: int = 1) -> None:
+        """Inputs in flight on ``worker`` came back with its death; the first such news kills and replaces it."""
+        worker.load -= count
         if not worker.stats.alive:
-            worker.stats.lost += 1
+            worker.stats.lost += count
             return
-        worker.stats.died(1)
+        worker.stats.died(count)
         self._kill(worker)
         if self.spec.governor is not None:  # its leased slots and credit come back now, not after its lease times out
             self.spec.governor.forget.remote(worker.stats.name)

@@ -50,6 +50,10 @@ class WorkerLostError(ChainRunnerError):
     http_status = 503
 
 
+CHUNK = 8
+"""Inputs per Ray call at most: a call costs about a millisecond of CPU on each side, as much as a short chain."""
+
+
 @dataclass(slots=True)
 class _Job:
     index: int
@@ -62,7 +66,7 @@ class _Job:
 class _Sent:
     """A job on its way: the worker it went to and its Ray task (``stop`` cancels that)."""
 
-    job: _Job
+    jobs: list[_Job]
     worker: Worker
     ref: Any
 
@@ -185,9 +189,8 @@ class RayRun:
                     )
                 done, _ = await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
                 for future in done:
-                    outcome = self._outcome(pool, future, self._pending.pop(future))
-                    if outcome is not None:
-                        yield outcome
+                    for record in self._outcome(pool, future, self._pending.pop(future)):
+                        yield record
                 self.in_flight = len(self._pending)
         finally:
             await source.aclose()
@@ -197,12 +200,17 @@ class RayRun:
         at most a window of them at a time."""
         records: list[Record] = []
         while len(records) < self.window and self._more() and (worker := pool.free()) is not None:
-            job = self._retry.popleft() if self._retry else await self._next(source)
-            if isinstance(job, Record):
-                records.append(job)
-            elif job is not None:
-                future, ref = pool.submit(worker, job.index, job.value)
-                self._pending[future] = _Sent(job, worker, ref)
+            room = min(CHUNK, self.window - worker.load)
+            jobs: list[_Job] = []
+            while len(jobs) < room and len(records) < self.window and self._more():
+                job = self._retry.popleft() if self._retry else await self._next(source)
+                if isinstance(job, Record):
+                    records.append(job)
+                elif job is not None:
+                    jobs.append(job)
+            if jobs:  # one Ray call for a chunk of inputs: the per-call cost is paid once for all of them
+                future, ref = pool.submit(worker, [(job.index, job.value) for job in jobs])
+                self._pending[future] = _Sent(jobs, worker, ref)
         return records
 
     def _more(self) -> bool:
@@ -229,31 +237,37 @@ class RayRun:
             return None
         return _Job(index, value, key)
 
-    def _outcome(self, pool: WorkerPool, future: asyncio.Future[Any], sent: _Sent) -> Record | None:
-        """The record of a finished job; None when it was cancelled (``stop``), or its worker died and it goes
+    def _outcome(self, pool: WorkerPool, future: asyncio.Future[Any], sent: _Sent) -> list[Record]:
+        """The records of a finished chunk; none for inputs cancelled (``stop``), or whose worker died and that go
         round again."""
-        job, worker = sent.job, sent.worker
+        jobs, worker = sent.jobs, sent.worker
         error = future.exception()
         if error is None:
-            pool.delivered(worker)
-            return from_wire(job.index, job.value, job.key, future.result())
+            pool.delivered(worker, len(jobs))
+            return [
+                from_wire(job.index, job.value, job.key, data) for job, data in zip(jobs, future.result(), strict=True)
+            ]
         if isinstance(error, pool.ray.exceptions.TaskCancelledError):
-            pool.cancelled(worker)
-            self.summary.cancelled += 1  # as in one process: counted, no record, --resume runs it again
-            return None
+            pool.cancelled(worker, len(jobs))
+            self.summary.cancelled += len(jobs)  # as in one process: counted, no record, --resume runs them again
+            return []
         if not _is_death(pool.ray, error):
             raise pool.failure(error) from error  # the worker itself failed: not an input's fault
-        pool.lost(worker)
-        job.losses += 1
-        if job.losses >= self.max_losses:
-            lost = WorkerLostError(
-                f"lost: the Ray worker running this input died {job.losses} times (last: {type(error).__name__}); "
-                "run it again with --resume"
-            )
-            return Record(job.index, job.value, None, error_dict(lost), ItemMetrics(status="failed"), job.key, lost)
-        self.summary.rerun += 1
-        self._retry.append(job)
-        return None
+        pool.lost(worker, len(jobs))
+        records: list[Record] = []
+        for job in jobs:
+            job.losses += 1
+            if job.losses >= self.max_losses:
+                lost = WorkerLostError(
+                    f"lost: the Ray worker running this input died {job.losses} times (last: {type(error).__name__}); "
+                    "run it again with --resume"
+                )
+                item = ItemMetrics(status="failed")
+                records.append(Record(job.index, job.value, None, error_dict(lost), item, job.key, lost))
+            else:
+                self.summary.rerun += 1
+                self._retry.append(job)
+        return records
 
     def _record_done(self, record: Record) -> Record:
         self.summary.add(record.index, record.metrics, record.error)
@@ -262,7 +276,7 @@ class RayRun:
     def _abandon(self) -> None:
         """Inputs still in flight when the run stops early: counted as cancelled (no record, as in one process);
         their futures are dropped quietly (their workers are about to be killed)."""
-        self.summary.cancelled += len(self._pending)
+        self.summary.cancelled += sum(len(sent.jobs) for sent in self._pending.values())
         for future in self._pending:
             future.cancel()
         self._pending.clear()

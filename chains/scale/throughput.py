@@ -37,8 +37,8 @@ class WorkerStats:
         if self.first is None:
             self.first = time.perf_counter()
 
-    def delivered(self) -> None:
-        self.items += 1
+    def delivered(self, count: int = 1) -> None:
+        self.items += count
         self.last = time.perf_counter()
 
     def died(self, lost: int) -> None:
