@@ -473,3 +473,25 @@ def test_kill_9_of_the_driver_then_resume_finishes_the_run(tmp_path: Path) -> No
     lines = [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
     ok = sorted(r["input"]["topic"] for r in lines if r["error"] is None)
     assert ok == sorted(topics)  # one success per input, none twice
+
+
+async def test_rpm_and_the_in_flight_cap_hold_across_workers_at_the_server(
+    ray_cluster: Any, fault_server: FaultServer
+) -> None:
+    fault_server.configure(latency_ms=20)
+    rpm, window = 30, 3.0  # 30 requests per 3-second window, shared by both workers
+    remote = RunSettings(
+        model="openai:m", base_url=fault_server.base_url, max_concurrency=3, max_retries=0, timeout=20, rpm=rpm
+    )
+    inputs = [{"text": f"rate {i}"} for i in range(90)]
+    run = RayRun("summarize", inputs, settings=remote, workers=2, rate_window_s=window)
+    got = await _records(run)
+    assert len(got) == 90 and all(r.ok for r in got)
+    log = fault_server.stats()["log"]
+    sent = sorted(entry["t"] for entry in log)
+    for i, t in enumerate(sent):  # no window of the server's own clock holds more than rpm requests
+        assert sum(1 for u in sent[i:] if u < t + window) <= rpm
+    assert fault_server.stats(include_log=False)["peak_in_flight"] <= 3
+    reached = (len(sent) - rpm) / (sent[-1] - sent[0]) / (rpm / window)  # after the first window's burst
+    assert reached >= 0.85, reached  # the limit is used, not just respected
+    assert {w["worker"] for w in run.summary.per_worker if w["items"]} == {"w0", "w1"}

@@ -57,6 +57,8 @@ class Grant:
     """Rate credit is void this long after the lease was asked for; slots and USD stay until given back."""
     exhausted: bool = False
     """The budget cannot cover the next request: stop admitting inputs."""
+    retry_in: float | None = None
+    """An empty grant held back by the rate: when its window frees capacity (ask again then, not sooner)."""
 
 
 @dataclass
@@ -85,7 +87,8 @@ class Governor:
     tpm: float | None = None
     max_cost: float | None = None
     window_s: float = 60.0
-    credit_s: float = 1.0
+    credit_s: float | None = None
+    """How long rate credit is good for; None: a sixtieth of the window, at most 1 s."""
     ttl_s: float = 5.0
     clock: Callable[[], float] = time.monotonic
     window: float = field(init=False)
@@ -103,6 +106,8 @@ class Governor:
 
     def __post_init__(self) -> None:
         self.window = float(self.max_concurrency)
+        if self.credit_s is None:
+            self.credit_s = min(1.0, self.window_s / 60)
 
     @classmethod
     def for_settings(cls, settings: RunSettings, *, window_s: float = 60.0) -> Governor:
@@ -118,7 +123,7 @@ class Governor:
         grant = self._try_grant(worker, ask)
         if grant is None:
             self.empty += 1
-            return Grant()
+            return Grant(retry_in=self._rate_frees_in() if ask.requests else None)
         return grant
 
     async def heartbeat(self, worker: str, report: Report | None = None) -> int:
@@ -204,7 +209,17 @@ class Governor:
         if requests or tokens:
             self._count(requests, tokens)
         self.leases += 1
-        return Grant(slots, requests, tokens, usd, self.credit_s, self.exhausted)
+        return Grant(slots, requests, tokens, usd, self._credit(), self.exhausted)
+
+    def _rate_frees_in(self) -> float | None:
+        """Seconds until the oldest grant leaves the window (None: the rate is not what holds the ask back)."""
+        if not self._grants or (self._free_requests() > 0 and self._free_tokens() > 0):
+            return None
+        return max(0.0, self._grants[0][0] + self.window_s + 2 * self._credit() - self.clock())
+
+    def _credit(self) -> float:
+        assert self.credit_s is not None
+        return self.credit_s
 
     def _count(self, requests: int, tokens: int) -> None:
         self._grants.append((self.clock(), requests, tokens))
@@ -212,7 +227,7 @@ class Governor:
         self._tokens += tokens
 
     def _expire(self, now: float) -> None:
-        horizon = now - self.window_s - 2 * self.credit_s
+        horizon = now - self.window_s - 2 * self._credit()
         while self._grants and self._grants[0][0] <= horizon:
             _, requests, tokens = self._grants.popleft()
             self._requests -= requests

@@ -180,10 +180,12 @@ class LeasedLimits(Limits):
         budget = self.budget is not None and self.usd < usd - USD_EPSILON
         if self.waiters == 0 or not (slot or rate or budget):
             return None
+        rate = rate and not slot  # slots first: credit asked for requests that cannot go yet would expire unused
+        ready = max(1, min(SLICE, self.waiters, self.free_slots))
         return Ask(
             slots=min(SLICE, self.waiters) if slot else 0,
-            requests=SLICE if rate else 0,
-            tokens=tokens * SLICE if rate else 0,
+            requests=ready if rate else 0,  # credit not used in time is lost: ask for what can go now
+            tokens=tokens * ready if rate else 0,
             min_tokens=tokens,
             usd=usd * SLICE if budget else 0.0,
             min_usd=usd if budget else 0.0,
@@ -212,6 +214,8 @@ class LeasedLimits(Limits):
                 if grant.slots or grant.requests or grant.usd:
                     pause = POLL_S
                     await asyncio.sleep(0)  # let the waiters take it before asking again
+                elif grant.retry_in is not None:  # the rate's window frees capacity then: not sooner, not later
+                    await asyncio.sleep(grant.retry_in)
                 else:
                     await asyncio.sleep(pause)
                     pause = min(MAX_POLL_S, pause * 2)

@@ -88,6 +88,7 @@ class RayRun:
         window: int | None = None,
         governed: bool = True,
         max_losses: int = MAX_LOSSES,
+        rate_window_s: float = 60.0,
     ) -> None:
         if settings.tier == "batch":
             raise UsageError(
@@ -98,6 +99,8 @@ class RayRun:
         self.settings = portable(settings)
         self.workers_wanted = workers
         self.address = address
+        self.rate_window_s = rate_window_s
+        """The window of ``--rpm``/``--tpm`` (60 s; tests shrink it)."""
         self.key = key
         self.skip = skip
         self.callbacks = list(callbacks)
@@ -132,7 +135,7 @@ class RayRun:
         digest = _digest(self.chain_name, self.settings)
         self._cluster = cluster = connect(self.workers_wanted, self.address)
         try:
-            self._governor = start_governor(self.settings) if self.governed else None
+            self._governor = start_governor(self.settings, window_s=self.rate_window_s) if self.governed else None
             spec = WorkerSpec(self.chain_name, self.settings, digest, self.key, tuple(self.callbacks), self._governor)
             pool = WorkerPool(cluster.ray, spec, window=self.window, replacements=cluster.workers)
             self.summary.workers = pool.stats  # the same list: replacements appear as they start
