@@ -61,6 +61,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -130,6 +140,14 @@ def _add_run_options(parser: argparse.ArgumentParser, *, file_run: bool = True) 
     )
     model.add_argument(
         "--max-retries", type=int, default=None, help="retries per request for transient failures (default 5)"
+    )
+    model.add_argument(
+        "--repair-attempts",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="ask a JSON answer that breaks its schema again, with the validator's words, up to N times "
+        "(default: the prompt file's, else 2; 0 turns it off)",
     )
     model.add_argument(
         "--fake-delay",
@@ -355,6 +373,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         "prices": args.prices,
         "cache": args.cache,
         "prompts_dirs": args.prompts_dir,
+        "repair_attempts": args.repair_attempts,
         "tier": args.tier,
         "flex_fallback": args.flex_fallback,
         "batch_size": getattr(args, "batch_size", None),

@@ -170,6 +170,12 @@ class RunSettings(BaseModel):
         description="extra prompt directories (--prompts-dir), for every command: run, list, show and serve",
     )
 
+    repair_attempts: int | None = Field(
+        default=None,
+        ge=0,
+        le=10,
+        description="JSON answers that break their schema are asked again up to N times (None: the prompt file's, or 2)",
+    )
     tier: Literal["online", "flex", "batch"] = Field(
         default="online",
         description="online; flex (OpenAI's service_tier=flex: batch prices, slower, may refuse when busy); "
@@ -260,4 +266,6 @@ class RunSettings(BaseModel):
         }
         if run_name:
             config["run_name"] = run_name
+        if self.repair_attempts is not None:  # read by chains.spec.repair at run time
+            config["configurable"] = {"repair_attempts": self.repair_attempts}
         return config

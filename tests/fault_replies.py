@@ -168,6 +168,8 @@ class Reply:
             return await self.send_error(500, message, rule.error_type or "internal_server_error", None)
         if rule.kind == "endless":
             return await self.endless(rule)
+        if rule.kind == "reply":
+            return await self.verbatim(rule.message or "")
         if rule.kind == "empty_choices":
             body: dict[str, Any] = {"id": "chatcmpl-empty", "object": "chat.completion", "choices": []}
         else:  # error_body: a 200 whose body is an error object
@@ -178,6 +180,32 @@ class Reply:
         resp = await self._prepare_sse({**self.headers, "Cache-Control": "no-cache"}, charset=None)
         self.end(self.entry, "completed")
         await resp.write(f"data: {_dumps(body)}\n\n{_DONE}".encode())
+        await resp.write_eof()
+        return resp
+
+    async def verbatim(self, text: str) -> web.StreamResponse:
+        """A normal answer whose content is ``text`` (JSON or SSE, with usage and a finish reason)."""
+        self.entry["completion_tokens"] = completion = max(1, len(text.split()))
+        usage = {"prompt_tokens": self.entry["prompt_tokens"], "completion_tokens": completion}
+        usage["total_tokens"] = usage["prompt_tokens"] + completion
+        base = {"id": "chatcmpl-reply", "created": self.created, "model": "m"}
+        if not self.stream:
+            message = {"role": "assistant", "content": text}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            body = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+            return await self.send_json(200, _dumps(body).encode())
+        resp = await self._prepare_sse({**self.headers, "Cache-Control": "no-cache"}, charset=None)
+        chunks = [
+            {"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None},
+            {"index": 0, "delta": {}, "finish_reason": "stop"},
+        ]
+        self.end(self.entry, "completed")
+        for choice in chunks:
+            await resp.write(
+                f"data: {_dumps({**base, 'object': 'chat.completion.chunk', 'choices': [choice]})}\n\n".encode()
+            )
+        final = {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+        await resp.write(f"data: {_dumps(final)}\n\n{_DONE}".encode())
         await resp.write_eof()
         return resp
 

@@ -46,7 +46,8 @@ MID_STREAM_KINDS = frozenset({"reset_mid_stream", "truncate", "malformed"})
 # Answers that are not answers: a 200 whose body has no choices or is an error object, a 500 whose
 # body is a request validation error (llama.cpp on an unsupported response_format), and an answer that
 # never ends (bytes keep trickling in, so no read ever times out).
-ODD_KINDS = frozenset({"empty_choices", "error_body", "validation_500", "endless"})
+ODD_KINDS = frozenset({"empty_choices", "error_body", "validation_500", "endless", "reply"})
+"""``reply``: a 200 whose answer is ``message``, word for word (e.g. JSON that breaks a schema)."""
 FAULT_KINDS = frozenset(STATUS_KINDS | MID_STREAM_KINDS | ODD_KINDS | {"context_length", "reset", "stall"})
 RULE_KEYS = frozenset(
     {

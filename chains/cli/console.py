@@ -149,6 +149,8 @@ def summary_table(summary: dict[str, Any], title: str = "run summary") -> Table:
             ("time to first token p50 / p95", f"{_fmt(summary['ttft_p50_s'])} / {_fmt(summary['ttft_p95_s'])} s")
         )
     rows.append(("retries", _fmt(summary["retries"])))
+    if summary.get("repairs"):
+        rows.append(("schema repairs", _fmt(summary["repairs"])))
     if (summary.get("rate_limit_wait_s") or 0.0) >= _SHOWN_WAIT_S:
         rows.append(("rate-limit wait", _fmt(summary["rate_limit_wait_s"], " s")))
     if summary.get("cache_hits"):

@@ -115,7 +115,14 @@ def error_dict(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, ProviderError):
         data["status"] = exc.status
         data["attempts"] = exc.attempts
+    raw = getattr(exc, "llm_output", None)  # a parser's refusal (OutputParserException): the answer it refused
+    if isinstance(raw, str):
+        data["raw"] = raw if len(raw) <= RAW_CHARS else raw[: RAW_CHARS - 1] + "…"
     return data
+
+
+RAW_CHARS = 4000
+"""A refused answer is kept in its record up to this many characters."""
 
 
 StreamKind = Literal["token", "discard", "end", "error"]

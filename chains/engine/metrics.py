@@ -30,6 +30,8 @@ class ItemMetrics:
     tokens_estimated: bool = False
     model_calls: int = 0
     retries: int = 0
+    repairs: int = 0
+    """JSON answers asked again because they broke the schema (each one a model request)."""
     wait_s: float = 0.0
     cache_hits: int = 0
     cost_usd: float | None = None
@@ -95,6 +97,7 @@ class RunSummary:
     input_tokens: int = 0
     output_tokens: int = 0
     retries: int = 0
+    repairs: int = 0
     wait_s: float = 0.0
     cache_hits: int = 0
     cost_usd: float = 0.0
@@ -129,6 +132,7 @@ class RunSummary:
         self.input_tokens += metrics.input_tokens
         self.output_tokens += metrics.output_tokens
         self.retries += metrics.retries
+        self.repairs += metrics.repairs
         self.wait_s += metrics.wait_s
         self.cache_hits += metrics.cache_hits
         self.tokens_estimated = self.tokens_estimated or metrics.tokens_estimated
@@ -183,6 +187,7 @@ class RunSummary:
             "ttft_p50_s": r(percentile(self._ttfts, 50)),
             "ttft_p95_s": r(percentile(self._ttfts, 95)),
             "retries": self.retries,
+            "repairs": self.repairs,
             "rate_limit_wait_s": round(self.wait_s, 4),
             "cache_hits": self.cache_hits,
             "cost_usd": None if self.unpriced and not self.priced else round(self.cost_usd, 6),

@@ -17,6 +17,7 @@ from langchain_core.runnables import Runnable, RunnablePassthrough
 from chains.engine.callbacks import INTERMEDIATE
 from chains.spec.prompt_spec import PromptSpec
 from chains.spec.prompts_library import PromptLibrary, default_library
+from chains.spec.repair import repairing
 
 
 def compile_spec(spec: PromptSpec, model: BaseChatModel) -> Runnable[dict[str, Any], Any]:
@@ -26,7 +27,10 @@ def compile_spec(spec: PromptSpec, model: BaseChatModel) -> Runnable[dict[str, A
     if response_format is not None:
         params["response_format"] = response_format
     llm: Runnable[Any, Any] = model.bind(**params) if params else model
-    chain = spec.to_prompt() | llm | spec.output_parser()
+    if spec.output.kind == "json":  # a broken answer is asked again with the validator's words (spec.repair)
+        chain = repairing(spec.to_prompt(), llm, spec.output_parser(), attempts=spec.output.repair_attempts)
+    else:
+        chain = spec.to_prompt() | llm | spec.output_parser()
     return chain.with_config(run_name=spec.name)
 
 

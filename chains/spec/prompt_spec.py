@@ -112,6 +112,8 @@ class OutputSpec(StrictModel):
 
     kind: Literal["text", "json"] = "text"
     json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    repair_attempts: int | None = Field(default=None, ge=0, le=10)
+    """JSON answers that break the schema are asked again this many times (``chains.spec.repair``; default 2)."""
 
     @field_validator("json_schema")
     @classmethod
@@ -123,8 +125,9 @@ class OutputSpec(StrictModel):
 
     @model_validator(mode="after")
     def _schema_fits_kind(self) -> OutputSpec:
-        if self.kind == "text" and self.json_schema is not None:
-            raise Problem("output.schema", "is only used with kind: json; remove it or set kind: json")
+        if self.kind == "text" and (self.json_schema is not None or self.repair_attempts is not None):
+            field = "output.schema" if self.json_schema is not None else "output.repair_attempts"
+            raise Problem(field, "is only used with kind: json; remove it or set kind: json")
         if self.kind == "json":
             if self.json_schema is None:
                 raise Problem("output", "kind: json needs a schema; add output.schema with a JSON Schema")

@@ -1,0 +1,110 @@
+"""Schema repair: a JSON answer that breaks its schema is asked again with the validator's words — through the real
+``ChatOpenAI`` against the fault server (its ``reply`` fault answers a given text word for word)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import cli, records
+from fault_server import FaultServer
+
+BAD = json.dumps({"keywords": ["sun"], "sentiment": "happy"})
+GOOD = json.dumps({"keywords": ["sun"], "sentiment": "positive"})
+
+
+@pytest.fixture
+def texts(tmp_path: Path) -> Path:
+    (tmp_path / "in.txt").write_text("a sunny day at the sea\n")
+    return tmp_path
+
+
+def _keywords(server: FaultServer, *extra: str) -> list[str]:
+    return [
+        "run", "keywords", "--input", "in.txt", "--model", "openai:test-model", "--base-url", server.base_url,
+        "--output", "out.jsonl", "--metrics-out", "m.json", "--no-stream", "-q", *extra,
+    ]  # fmt: skip
+
+
+def _asked(server: FaultServer) -> list[str]:
+    """The last user message of each request the server saw."""
+    return [entry["key"] for entry in server.stats()["log"]]
+
+
+def test_an_answer_that_breaks_the_schema_is_repaired_in_the_same_conversation(
+    texts: Path, fault_server: FaultServer
+) -> None:
+    fault_server.add_fault("reply", match="sunny", times=1, message=BAD)
+    fault_server.add_fault("reply", message=GOOD)
+    run = cli(*_keywords(fault_server), cwd=texts)
+    assert run.returncode == 0, run.stderr
+    [record] = records(texts / "out.jsonl")
+    assert record["output"] == json.loads(GOOD)
+    assert record["metrics"]["repairs"] == 1 and record["metrics"]["model_calls"] == 2
+    asked = _asked(fault_server)
+    assert len(asked) == 2 and "sunny" in asked[0]
+    assert "$.sentiment" in asked[1] and "'happy' is not one of" in asked[1] and "matching the schema" in asked[1]
+    summary = json.loads((texts / "m.json").read_text())
+    assert summary["repairs"] == 1 and summary["input_tokens"] == record["metrics"]["input_tokens"]
+
+
+def test_after_the_last_repair_the_input_fails_with_the_validators_words_and_its_raw_answer(
+    texts: Path, fault_server: FaultServer
+) -> None:
+    fault_server.add_fault("reply", message=BAD)
+    run = cli(*_keywords(fault_server), cwd=texts)
+    assert run.returncode == 1
+    [record] = records(texts / "out.jsonl")
+    assert "'happy' is not one of" in record["error"]["message"] and "after 2 repairs" in record["error"]["message"]
+    assert record["error"]["raw"] == BAD
+    assert record["metrics"]["repairs"] == 2 and len(_asked(fault_server)) == 3
+
+
+@pytest.mark.parametrize(("flag", "requests"), [(["--repair-attempts", "0"], 1), (["--repair-attempts", "1"], 2)])
+def test_repair_attempts_are_the_runs_to_choose(
+    texts: Path, fault_server: FaultServer, flag: list[str], requests: int
+) -> None:
+    fault_server.add_fault("reply", message="not json at all")
+    run = cli(*_keywords(fault_server, *flag), cwd=texts)
+    assert run.returncode == 1
+    assert len(_asked(fault_server)) == requests
+    assert "not valid JSON" in records(texts / "out.jsonl")[0]["error"]["message"]
+
+
+def test_a_prompt_file_sets_its_own_repair_attempts(texts: Path, fault_server: FaultServer) -> None:
+    prompts = texts / "prompts"
+    prompts.mkdir()
+    spec = (Path(__file__).resolve().parent.parent / "prompts" / "keywords.yaml").read_text()
+    (prompts / "keywords3.yaml").write_text(
+        spec.replace("name: keywords", "name: keywords3").replace(
+            "  kind: json\n", "  kind: json\n  repair_attempts: 3\n"
+        )
+    )
+    fault_server.add_fault("reply", message=BAD)
+    args = _keywords(fault_server, "--prompts-dir", str(prompts))
+    args[1] = "keywords3"
+    run = cli(*args, cwd=texts)
+    assert run.returncode == 1 and len(_asked(fault_server)) == 4
+
+
+def test_a_streamed_answer_is_repaired_too(texts: Path, fault_server: FaultServer) -> None:
+    fault_server.add_fault("reply", match="sunny", times=1, message=BAD)
+    fault_server.add_fault("reply", message=GOOD)
+    args = [a for a in _keywords(fault_server) if a != "--no-stream"]
+    run = cli(*args, "--stream", cwd=texts)
+    assert run.returncode == 0, run.stderr
+    assert records(texts / "out.jsonl")[0]["output"] == json.loads(GOOD)
+    assert all(entry["stream"] for entry in fault_server.stats()["log"])
+
+
+def test_in_the_batch_tier_a_repair_is_a_request_of_a_later_batch(texts: Path, fault_server: FaultServer) -> None:
+    fault_server.configure_batches(validating_s=0.02, in_progress_s=0.05, finalizing_s=0.02)
+    fault_server.add_fault("reply", match="sunny", times=1, message=BAD)
+    fault_server.add_fault("reply", message=GOOD)
+    run = cli(*_keywords(fault_server, "--tier", "batch", "--batch-poll", "0.05"), cwd=texts)
+    assert run.returncode == 0, run.stderr
+    [record] = records(texts / "out.jsonl")
+    assert record["output"] == json.loads(GOOD) and record["metrics"]["repairs"] == 1
+    assert [b["rows"] for b in fault_server.stats()["batches"]["created"]] == [1, 1]
+    assert fault_server.stats()["requests"] == 0
