@@ -142,6 +142,14 @@ def _add_run_options(parser: argparse.ArgumentParser, *, file_run: bool = True) 
         "--max-retries", type=int, default=None, help="retries per request for transient failures (default 5)"
     )
     model.add_argument(
+        "--fallback-model",
+        action="append",
+        default=[],
+        metavar="PROVIDER:MODEL",
+        help="when a request fails for a reason another model may not share (context too long, content filter, "
+        "model not found, retries spent on 429/5xx), try this model next (repeatable, in order)",
+    )
+    model.add_argument(
         "--repair-attempts",
         type=_non_negative_int,
         default=None,
@@ -374,6 +382,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         "cache": args.cache,
         "prompts_dirs": args.prompts_dir,
         "repair_attempts": args.repair_attempts,
+        "fallback_models": args.fallback_model or None,
         "tier": args.tier,
         "flex_fallback": args.flex_fallback,
         "batch_size": getattr(args, "batch_size", None),

@@ -170,6 +170,11 @@ class RunSettings(BaseModel):
         description="extra prompt directories (--prompts-dir), for every command: run, list, show and serve",
     )
 
+    fallback_models: list[str] = Field(
+        default_factory=list,
+        max_length=10,
+        description="PROVIDER:MODEL to try, in order, when a request fails for a reason another model may not share",
+    )
     repair_attempts: int | None = Field(
         default=None,
         ge=0,

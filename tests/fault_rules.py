@@ -62,6 +62,7 @@ RULE_KEYS = frozenset(
         "message",
         "headers",
         "error_type",
+        "model",
     }
 )
 
@@ -77,6 +78,7 @@ class Rule:
         "kind",
         "match",
         "message",
+        "model",
         "remaining",
         "retry_after",
         "retry_after_ms",
@@ -98,6 +100,7 @@ class Rule:
         message: str | None = None,
         headers: dict[str, str] | None = None,
         error_type: str | None = None,
+        model: str | None = None,
     ) -> None:
         kind = str(fault)
         if kind not in FAULT_KINDS:
@@ -119,6 +122,8 @@ class Rule:
         self.headers = {str(k): str(v) for k, v in (headers or {}).items()}
         """Sent verbatim with the fault's response (e.g. a Retry-After of 'soon')."""
         self.error_type = error_type
+        self.model = None if model is None else str(model)
+        """Only requests for this model (the body's ``model``) match, when set."""
         self.applied = 0
 
     @classmethod
@@ -145,4 +150,5 @@ class Rule:
             "message": self.message,
             "headers": dict(self.headers),
             "error_type": self.error_type,
+            "model": self.model,
         }

@@ -392,7 +392,7 @@ class FaultServer:
                 self._completed -= 1
                 self._cancelled += 1
 
-    def _pick_fault(self, key: str, stream: bool) -> Rule | None:
+    def _pick_fault(self, key: str, stream: bool, model: str | None = None) -> Rule | None:
         if not self._rules:
             return None
         with self._lock:
@@ -400,6 +400,8 @@ class FaultServer:
                 if rule.remaining == 0:
                     continue
                 if rule.match is not None and rule.match not in key:
+                    continue
+                if rule.model is not None and rule.model != model:
                     continue
                 if rule.stream is not None and rule.stream != stream:
                     continue
@@ -430,6 +432,7 @@ class FaultServer:
             "key": key,
             "stream": stream,
             "service_tier": body.get("service_tier"),
+            "model": body.get("model"),
             "prompt_tokens": prompt_tokens,
             "completion_tokens": 0,
             "status": None,
@@ -455,7 +458,7 @@ class FaultServer:
     async def _chat(self, request: web.Request, body: dict[str, Any], entry: dict[str, Any]) -> web.StreamResponse:
         """Decide once what this request gets (fault, length, rate limit), wait the latency, then answer."""
         cfg = self._cfg
-        rule = self._pick_fault(entry["key"], entry["stream"])
+        rule = self._pick_fault(entry["key"], entry["stream"], body.get("model"))
         n, finish_reason = _length(body, cfg)
         limited = self._admit(entry, cfg, rule, n)
         delay = cfg.latency()

@@ -36,6 +36,10 @@ class ItemMetrics:
     cache_hits: int = 0
     cost_usd: float | None = None
     status: ItemStatus = "ok"
+    model: str | None = None
+    """The model that answered (its last call): with ``--fallback-model``, maybe not the first one."""
+    fallbacks: list[dict[str, Any]] = field(default_factory=list)
+    """Models that did not answer a call of this input, and why (``chains.providers.fallbacks``)."""
     tier: str | None = None
     """The price tier that answered (``online``, ``flex``, ``batch``; ``mixed`` when its calls differed)."""
 

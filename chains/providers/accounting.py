@@ -91,6 +91,7 @@ def account(model: ManagedChatModel, messages: list[BaseMessage], result: ChatRe
     if item is not None:
         item.model_calls += 1
         item.answered_at(tier)
+        item.model = model.label or model.token_model
         message = result.generations[0].message if result.generations else None
         if message is not None and message.response_metadata.get("usage_estimated"):
             item.tokens_estimated = True

@@ -40,7 +40,9 @@ from chains.engine.retry import (
     final_error,
     flex_unavailable,
 )
+from chains.errors import ProviderError
 from chains.providers import accounting
+from chains.providers.fallbacks import fallback_reason, note_fallback
 from chains.providers.portal import Portal
 from chains.providers.streaming import Call, finish_reason, stream_to_consumer, whole_answer_chunk
 
@@ -87,6 +89,10 @@ class ManagedChatModel(BaseChatModel):
     """The price tier requests are sent at (the inner model carries ``service_tier="flex"`` for flex)."""
     flex_fallback: bool = False
     """A flex request the flex tier has no capacity for is sent again at once at the standard tier."""
+    fallback: ManagedChatModel | None = Field(default=None, exclude=True)
+    """The next model to try when a request fails for a reason it may not share (``chains.providers.fallbacks``)."""
+    label: str = ""
+    """The model as the user named it (``openai:gpt-4o-mini``), for records and logs; default: the token model."""
     _portal: Portal | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
@@ -201,6 +207,22 @@ class ManagedChatModel(BaseChatModel):
             result = await batched(self, messages, self._stop(stop), params)
             accounting.account(self, messages, result, "batch")
             return result
+        try:
+            return await self._online(messages, stop, run_manager, params)
+        except ProviderError as exc:
+            reason = fallback_reason(exc) if self.fallback is not None else None
+            if self.fallback is None or reason is None:
+                raise
+            note_fallback(self.label, exc, reason, self.fallback.label)
+            return await self.fallback._agenerate(messages, stop, run_manager, **kwargs)
+
+    async def _online(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+        params: dict[str, Any],
+    ) -> ChatResult:
         stream = bool(params.pop("stream", self.stream_requests))
         call = Call(messages, self._stop(stop), run_manager, params, stream, active_limits() or self.limits, self.tier)
         limits = call.limits

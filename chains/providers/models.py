@@ -262,18 +262,29 @@ class ModelSession:
         self.cache = SQLiteCache(self.settings.cache) if self.settings.cache else None
         self._pools = LoopPools(self._build_inner)  # one inner model and HTTP pool per event loop
         self.inner = self._pools.first
-        self.model = ManagedChatModel(
-            inner=self.inner,
-            inner_for_loop=self._pools.for_loop,
+        self.model = self._managed(self.spec, self._pools, batches=self._batch_collector())
+        self.fallback_specs = [parse_model_spec(text) for text in self.settings.fallback_models]
+        self._fallback_pools: list[LoopPools] = []
+        previous = self.model
+        for spec in self.fallback_specs:  # each fallback: its own pools, retries and prices; the same limits
+            pools = LoopPools(functools.partial(self._build_inner_for, spec))
+            self._fallback_pools.append(pools)
+            previous.fallback = previous = self._managed(spec, pools, batches=None)
+
+    def _managed(self, spec: ModelSpec, pools: LoopPools, *, batches: Any) -> ManagedChatModel:
+        return ManagedChatModel(
+            inner=pools.first,
+            inner_for_loop=pools.for_loop,
             stream_requests=self.settings.stream,
             max_retries=self.settings.max_retries,
             timeout=self.settings.timeout,
             overrides=self.settings.model_overrides(),
             limits=self.limits,
             base_url=self.settings.base_url,
-            token_model=self.spec.name,
+            token_model=spec.name,
+            label=str(spec),
             cache=self.cache,  # None: LangChain's global cache, if the user set one
-            batches=self._batch_collector(),
+            batches=batches,
             tier="flex" if self.settings.tier == "flex" else "online",
             flex_fallback=self.settings.flex_fallback,
         )
@@ -319,23 +330,28 @@ class ModelSession:
             SQLiteCache(settings.cache).close()
         _check_provider(spec, settings)
         _check_tier(spec, settings)
-        _require_price(spec, prices, settings)
+        for other in (spec, *map(parse_model_spec, settings.fallback_models)):
+            _require_price(other, prices, settings)
         return notice
 
     def check_budget_priced(self) -> None:
         """``--max-cost`` needs the model's price: refuse the run now, as one line, rather than every input."""
-        _require_price(self.spec, self.limits.prices, self.settings)
+        for spec in (self.spec, *self.fallback_specs):
+            _require_price(spec, self.limits.prices, self.settings)
 
     def _build_inner(self) -> tuple[BaseChatModel, Any]:
+        return self._build_inner_for(self.spec)
+
+    def _build_inner_for(self, spec: ModelSpec) -> tuple[BaseChatModel, Any]:
         """A provider model and the HTTP client it owns (None when there is none to close)."""
-        if self.spec.provider == FAKE_MODEL:
+        if spec.provider == FAKE_MODEL:
             from chains.providers.fake import FakeChatModel
 
             return FakeChatModel(token_delay=self.settings.fake_token_delay), None
-        if self.spec.provider == "openai":
+        if spec.provider == "openai":
             http = create_http_client(self.settings)
-            return _create_openai(self.spec, self.settings, http), http
-        return _create_other(self.spec, self.settings), None
+            return _create_openai(spec, self.settings, http), http
+        return _create_other(spec, self.settings), None
 
     @property
     def identity(self) -> str:
@@ -372,6 +388,8 @@ class ModelSession:
             self.cache.close()
             self.cache = None
         await self._pools.aclose()
+        for pools in self._fallback_pools:
+            await pools.aclose()
         self.model.close_portal()
         return left
 
