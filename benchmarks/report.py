@@ -160,6 +160,9 @@ def render_tables(report: dict[str, Any]) -> str:
     batch = report["scenarios"].get("batch")
     if batch:
         lines += batch_table(batch, quick)
+    scale = report["scenarios"].get("scale")
+    if scale:
+        lines += scale_tables(scale, quick)
     if report["failures"]:
         lines += ["## Failed runs", "", *(f"- {f}" for f in report["failures"]), ""]
     return "\n".join(lines)
@@ -207,6 +210,127 @@ def batch_table(sc: dict[str, Any], quick: bool) -> list[str]:
         *(_verdict(t, quick) for t in sc["targets"]),
         "",
     ]
+    return lines
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _header(cells: list[str]) -> list[str]:
+    return [_row(cells), "|" + "|".join(["---"] + ["---:"] * (len(cells) - 1)) + "|"]
+
+
+def scale_tables(sc: dict[str, Any], quick: bool) -> list[str]:
+    """Scenario 8: the CPU-bound modes (items/s and where the CPU went), the limits run, the driver's memory."""
+    header = [
+        "mode",
+        "runs",
+        "process wall s",
+        "Ray start-up s",
+        "after last record s",
+        "wall − start-up s",
+        "items/s",
+        "items/s with start-up",
+        "items/s, first input to last record",
+        "per worker items/s",
+        "CPU s: driver / workers / governor / rest of Ray",
+        "cores busy",
+        "driver peak RSS MB",
+    ]
+    lines = [f"## {sc['number']}. {sc['title']}", "", *_header(header)]
+    for mode, md in sc["medians"].items():
+        low, high = md.get("per_worker_min"), md.get("per_worker_max")
+        workers = "–" if low is None else _fmt(low, 0) if low == high else f"{_fmt(low, 0)}–{_fmt(high, 0)}"
+        cpu = " / ".join(_fmt(md.get(f"cpu_{name}_s"), 1) for name in ("driver", "workers", "governor", "ray"))
+        lines.append(
+            _row(
+                [
+                    f"{sc['labels'].get(mode, mode)}",
+                    str(len(sc["samples"].get(mode, []))),
+                    _fmt(md.get("process_wall_s")),
+                    _fmt(md.get("startup_s")),
+                    _fmt(md.get("tail_s")),
+                    _fmt(md.get("run_s")),
+                    _fmt(md.get("items_per_s"), 0),
+                    _fmt(md.get("items_per_s_with_startup"), 0),
+                    _fmt(md.get("items_per_s_records"), 0),
+                    workers,
+                    cpu,
+                    _fmt(md.get("cores_busy")),
+                    _fmt(md.get("driver_maxrss_mb"), 0),
+                ]
+            )
+        )
+    r = sc["ratios"]
+    lines += [
+        "",
+        f"`story --model fake` over {sc['n']:,} topics, `--max-concurrency {sc['concurrency']}`"
+        + (" (the last row: the default, 8)" if "workers_2_default" in sc["medians"] else "")
+        + f", medians; children on cores {','.join(map(str, sc['cores'])) or 'all'} (not pinned: Ray's processes "
+        "share them). After last record: Ray's shutdown and the exit, part of the summary's `wall_s`. CPU s per "
+        "process sampled from /proc every 0.25 s.",
+        f"- 2 workers / 1 worker: items/s {_fmt(r['workers_2_x_workers_1_items_per_s'], 3)}×, with start-up "
+        f"{_fmt(r['workers_2_x_workers_1_with_startup'], 3)}×, first input to last record (shutdown left out) "
+        f"{_fmt(r.get('workers_2_x_workers_1_records'), 3)}×, the workers' own items/s summed "
+        f"{_fmt(r['workers_2_x_workers_1_per_worker_sum'], 3)}×; at the default `--max-concurrency` "
+        f"{_fmt(r['workers_2_default_x_workers_1_items_per_s'], 3)}×.",
+        f"- 1 Ray worker / one process: wall − start-up {_fmt(r['workers_1_x_in_process_run_wall'], 3)}×, whole "
+        f"process {_fmt(r['workers_1_x_in_process_process_wall'], 3)}×, first input to last record (shutdown left out) "
+        f"{_fmt(r['workers_1_x_in_process_records'], 3)}×; one process's items/s / the worker's own "
+        f"{_fmt(r['workers_1_x_in_process_per_worker'], 3)}×.",
+        "",
+    ]
+    lim = sc["limits"]
+    fraction = lim.get("sustained_fraction")
+    lines += [
+        *_header(
+            [
+                "--rpm",
+                "inputs",
+                "workers",
+                "--max-concurrency",
+                "server latency ms",
+                "busiest 60 s",
+                "first window sent in s",
+                "first held request at s",
+                "after the first window, % of --rpm",
+                "server peak in flight",
+                "process wall s",
+                "items per worker",
+            ]
+        ),
+        _row(
+            [
+                str(lim["rpm"]),
+                f"{lim['inputs']:,}",
+                str(lim["workers"]),
+                str(lim["max_concurrency"]),
+                _fmt(lim["server_latency_ms"], 0),
+                str(lim["most_in_window"]),
+                _fmt(lim.get("first_window_sent_in_s"), 1),
+                _fmt(lim.get("first_held_request_at_s"), 1),
+                "–" if fraction is None else f"{fraction * 100:.1f}",
+                str(lim["peak_in_flight"]),
+                _fmt(lim["process_wall_s"], 1),
+                " / ".join(str(n) for n in lim["per_worker_items"]),
+            ]
+        ),
+        "",
+        *_header(["topics (--workers 2)", "process wall s", "items/s", "driver peak RSS MB"]),
+    ]
+    for run in sc["memory"]["runs"].values():
+        lines.append(
+            _row(
+                [
+                    f"{run['topics']:,}",
+                    _fmt(run.get("process_wall_s"), 1),
+                    _fmt(run.get("items_per_s"), 0),
+                    _fmt(run.get("driver_maxrss_mb"), 1),
+                ]
+            )
+        )
+    lines += ["", f"Target: {sc['target']}", *(_verdict(t, quick) for t in sc["targets"]), ""]
     return lines
 
 
@@ -273,7 +397,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     else:
         ax.set_visible(False)
     plot_batch(axes.flat[6], scenarios.get("batch"))
-    axes.flat[7].set_visible(False)
+    plot_scale(axes.flat[7], scenarios.get("scale"))
     fig.suptitle(f"chain-runner benchmarks {report['date']}" + (" (quick)" if report["quick"] else ""), fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -297,6 +421,38 @@ def plot_batch(ax: Any, sc: dict[str, Any] | None) -> None:
     ax.invert_yaxis()
     ax.set_title(textwrap.fill(f"{sc['number']}. {sc['title']}", 60), fontsize=9)
     ax.set_xlabel("client CPU ms per input (lower is better)", fontsize=9)
+    ax.tick_params(labelsize=8)
+
+
+def plot_scale(ax: Any, sc: dict[str, Any] | None) -> None:
+    """Scenario 8: items/s per mode, start-up excluded (bars), included (dots), and from the first input to the last
+    record (crosses: Ray's shutdown left out too)."""
+    if not sc:
+        ax.set_visible(False)
+        return
+    names = list(sc["medians"])
+    labels = [sc["labels"].get(n, n) for n in names]
+    ax.barh(
+        labels, [sc["medians"][n].get("items_per_s", 0.0) for n in names], color="#d62728", label="start-up excluded"
+    )
+    ax.plot(
+        [sc["medians"][n].get("items_per_s_with_startup", 0.0) for n in names],
+        labels,
+        "ko",
+        markersize=4,
+        label="start-up included",
+    )
+    ax.plot(
+        [sc["medians"][n].get("items_per_s_records", 0.0) for n in names],
+        labels,
+        "kx",
+        markersize=5,
+        label="first input to last record",
+    )
+    ax.invert_yaxis()
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(textwrap.fill(f"{sc['number']}. {sc['title']}", 60), fontsize=9)
+    ax.set_xlabel("items/s (higher is better)", fontsize=9)
     ax.tick_params(labelsize=8)
 
 

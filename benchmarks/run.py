@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """chain-runner's benchmark suite: the project against what a user would write by hand.
 
-    python benchmarks/run.py                 # every scenario, 3 repetitions (about 22 minutes)
+    python benchmarks/run.py                 # every scenario, 3 repetitions (about 27 minutes)
     python benchmarks/run.py --quick         # CI smoke: tiny sizes, 1 repetition, every code path
     python benchmarks/run.py --only 3,4      # some scenarios (numbers as in the issue's targets)
 
@@ -21,8 +21,9 @@ out or returned wrong or failed answers.
 The pieces: ``processes.py`` (pinning, one measured child, the mock server), ``scenarios.py``
 (what each request scenario is and how it is judged), ``suite.py`` (the state of one run),
 ``throughput.py`` (scenarios 1-4), ``runner_runs.py`` (5 and 6), ``batch_tier.py`` (7: the batch tier
-against online, checked by ``batch_checks.py``), ``report.py`` (results.json, results.md,
-results.png); this file parses the arguments and runs them in order.
+against online, checked by ``batch_checks.py``), ``scale_out.py`` (8: ``--workers`` on Ray, checked by
+``scale_checks.py``), ``report.py`` (results.json, results.md, results.png); this file parses the
+arguments and runs them in order.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from batch_tier import run_batch_tier  # noqa: E402
 from processes import MockServer, Pinning, child_env  # noqa: E402  (profile_contender.py uses them from here)
 from report import machine_info, write_report  # noqa: E402
 from runner_runs import run_cold, run_memory  # noqa: E402
+from scale_out import run_scale_out  # noqa: E402
 from scenarios import Throughput, throughput_scenarios  # noqa: E402
 from suite import Suite  # noqa: E402
 from throughput import run_throughput  # noqa: E402
@@ -88,6 +90,8 @@ def run(suite: Suite) -> int:
         run_cold(suite)
     if 7 in suite.only:
         run_batch_tier(suite)
+    if 8 in suite.only:
+        run_scale_out(suite)
     machine["load_end"] = os.getloadavg()
     report = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="CI smoke: tiny sizes, 1 repetition; never judges speed")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions per contender (default 3)")
     parser.add_argument("--out", default=str(HERE / "results"), help="results directory (default benchmarks/results)")
-    parser.add_argument("--only", default="", help="scenario numbers to run, e.g. 1,3 (default: all seven)")
+    parser.add_argument("--only", default="", help="scenario numbers to run, e.g. 1,3 (default: all eight)")
     parser.add_argument("--contenders", default="", help="comma-separated contenders to keep (default: all)")
     parser.add_argument(
         "--memory-topics", type=int, default=100_000, help="topics in the large memory run (default 100,000)"
@@ -120,11 +124,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-inputs", type=int, default=10_000, help="topics in the batch-tier scenario 7 (default 10,000)"
     )
+    parser.add_argument(
+        "--scale-memory-topics",
+        type=int,
+        default=100_000,
+        help="topics in scenario 8's large driver-memory run, --workers 2 (default 100,000: about 2 minutes on 2 cores)",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.batch_inputs < 1:
         parser.error("--batch-inputs must be at least 1")
+    if args.scale_memory_topics < 1:
+        parser.error("--scale-memory-topics must be at least 1")
     return run(Suite(args))
 
 

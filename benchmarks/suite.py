@@ -7,6 +7,8 @@ makes the exit status 1), and puts its results in ``results`` under the scenario
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,13 +28,15 @@ class Suite:
         self.work = self.out / "work"
         self.work.mkdir(parents=True, exist_ok=True)
         self.env = child_env(self.out, cache_bytecode=not self.quick)
+        self.cores: list[int] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        """Every core this run may use, read before ``pin_self`` narrows this process (and its children) to one."""
         self.pinning = Pinning()
         self.pinning.pin_self()
         self.timeout = 120.0 if self.quick else 1800.0
         self.failures: list[str] = []
         self.results: dict[str, Any] = {}
         self.aiohttp = C.aiohttp_available()
-        self.only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 8))
+        self.only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 9))
 
     # -- helpers
 
@@ -45,6 +49,17 @@ class Suite:
 
     def python(self, *args: str) -> list[str]:
         return [*self.pinning.client(), PY, *args]
+
+    def all_cores(self) -> list[str]:
+        """A ``taskset`` prefix that gives a child every core again (this process is pinned to the server's, and a
+        child inherits that); empty when nothing was pinned.  For children that must spread (Ray workers)."""
+        taskset = shutil.which("taskset")
+        if not (self.pinning.enabled and taskset and self.cores):
+            return []
+        return [taskset, "-c", ",".join(str(core) for core in self.cores)]
+
+    def cores_text(self) -> str:
+        return ",".join(str(core) for core in self.cores) or "all"
 
     def warm_up(self) -> None:
         """Compile and cache every module the children import (once per results directory)."""

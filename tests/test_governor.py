@@ -108,3 +108,28 @@ async def test_a_429_halves_the_window_for_every_worker_and_successes_grow_it_ba
     assert governor.window == 4.0
     await governor.heartbeat("a", Report(slots=4, succeeded=40))
     assert governor.window == pytest.approx(8.0)
+
+
+async def test_a_worker_that_holds_every_slot_shares_them_when_another_waits() -> None:
+    governor = Governor(4)
+    busy, late = _worker(governor, "busy"), _worker(governor, "late")
+    done = {"busy": 0, "late": 0}
+
+    async def go(worker: LeasedLimits, name: str, n: int) -> None:
+        async def one() -> None:
+            async with worker.request(1, None) as booking:
+                await asyncio.sleep(0.02)
+                worker.settle(booking, 1, 1, None)
+                done[name] += 1
+
+        await asyncio.gather(*(one() for _ in range(n)))
+
+    first = asyncio.create_task(go(busy, "busy", 400))  # 400 x 20 ms over 4 slots: about 2 s alone
+    await asyncio.sleep(0.2)
+    assert busy.held_slots == 4  # it took the whole window
+    await asyncio.wait_for(go(late, "late", 20), timeout=5)  # waits its share, not for the busy worker's end
+    assert not first.done()
+    await first
+    for w in (busy, late):
+        await w.aclose()
+    assert governor.held == 0

@@ -31,6 +31,8 @@ from typing import Any, cast
 
 from chains.settings import RunSettings
 
+WANTING_S = 2.0
+"""A worker that asked for slots and got none this recently is waiting for its share."""
 USD_EPSILON = 1e-9
 """Float sums of prices: amounts this close are equal."""
 
@@ -100,6 +102,8 @@ class Governor:
     empty: int = 0
     peak_held: int = 0
     _holders: dict[str, _Holder] = field(default_factory=dict)
+    _wanting: dict[str, float] = field(default_factory=dict)
+    """Workers whose last ask for slots got none, and when."""
     _grants: deque[tuple[float, int, int]] = field(default_factory=deque)
     _requests: int = 0
     _tokens: int = 0
@@ -121,18 +125,30 @@ class Governor:
         self._take_report(worker, report)
         self._reclaim()
         grant = self._try_grant(worker, ask)
+        if ask.slots:
+            if grant is None or not grant.slots:
+                self._wanting[worker] = self.clock()  # heard by the others' heartbeats: share the window
+            else:
+                self._wanting.pop(worker, None)
         if grant is None:
             self.empty += 1
             return Grant(retry_in=self._rate_frees_in() if ask.requests else None)
         return grant
 
     async def heartbeat(self, worker: str, report: Report | None = None) -> int:
-        """Renews the worker's lease; the slots it should give back (the window shrank, or others wait)."""
+        """Renews the worker's lease; the slots it should give back: what is over the window (it shrank), and,
+        while another worker waits for slots, what it holds beyond a fair share of the window."""
         self._take_report(worker, report)
         self._reclaim()
         holder = self._holders.get(worker)
+        if holder is None:
+            return 0
         over = self.held - max(1, int(self.window))
-        return min(holder.slots, over) if holder is not None and over > 0 else 0
+        now = self.clock()
+        waiting = self._others_waiting(worker, now)
+        if waiting:
+            over = max(over, holder.slots - max(1, int(self.window) // (waiting + 1)))
+        return max(0, min(holder.slots, over))
 
     async def forget(self, worker: str) -> None:
         """A worker the driver saw die: its slots come back now, its unsettled USD counts as spent."""
@@ -184,7 +200,7 @@ class Governor:
     def _try_grant(self, worker: str, ask: Ask) -> Grant | None:
         now = self.clock()
         self._expire(now)
-        slots = min(ask.slots, max(0, int(self.window) - self.held))
+        slots = min(ask.slots, max(0, int(self.window) - self.held), self._share_left(worker, now))
         if ask.slots and slots < 1:
             return None
         requests = min(ask.requests, self._free_requests())
@@ -216,6 +232,18 @@ class Governor:
         if not self._grants or (self._free_requests() > 0 and self._free_tokens() > 0):
             return None
         return max(0.0, self._grants[0][0] + self.window_s + 2 * self._credit() - self.clock())
+
+    def _others_waiting(self, worker: str, now: float) -> int:
+        return sum(1 for w, t in self._wanting.items() if w != worker and now - t < WANTING_S)
+
+    def _share_left(self, worker: str, now: float) -> int:
+        """Slots ``worker`` may still take: any while nobody else waits, else up to a fair share of the window."""
+        waiting = self._others_waiting(worker, now)
+        if not waiting:
+            return 1_000_000
+        holder = self._holders.get(worker)
+        held = holder.slots if holder is not None else 0
+        return max(0, max(1, int(self.window) // (waiting + 1)) - held)
 
     def _credit(self) -> float:
         assert self.credit_s is not None

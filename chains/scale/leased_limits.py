@@ -81,6 +81,8 @@ class LeasedLimits(Limits):
         self.credit_until = 0.0
         self.usd = 0.0
         self.waiters = 0
+        self.owed = 0
+        """Slots to give back as the requests holding them end (the governor shares the window)."""
         self.leases = 0
         self._last_used = 0.0
         self._leasing: asyncio.Task[None] | None = None
@@ -107,7 +109,12 @@ class LeasedLimits(Limits):
         try:
             yield booking
         finally:
-            self.free_slots += 1
+            if self.owed > 0:  # the governor asked for it back (another worker waits): it goes with the next call
+                self.owed -= 1
+                self.held_slots -= 1
+                self.report.slots += 1
+            else:
+                self.free_slots += 1
             self._last_used = time.monotonic()
             if not booking.settled:  # a failed attempt: nothing billed
                 self.usd += booking.cost
@@ -252,7 +259,7 @@ class LeasedLimits(Limits):
             await asyncio.sleep(IDLE_S)
             now = time.monotonic()
             idle = self.free_slots > 0 and self.waiters == 0 and now - self._last_used >= IDLE_S
-            if not idle and now - last < HEARTBEAT_S:
+            if not idle and now - last < HEARTBEAT_S and not self.report.slots:
                 continue
             last = now
             give_back = await self.call("heartbeat", self.worker, self._take_report(idle=idle))
@@ -261,6 +268,7 @@ class LeasedLimits(Limits):
                 self.free_slots -= back
                 self.held_slots -= back
                 self.report.slots += back
+            self.owed = give_back - back  # the rest as the requests holding them end
 
     async def aclose(self) -> None:
         """Everything held goes back (the worker is done)."""
