@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from chains.errors import UsageError
-from chains.io.sinks import JsonlSink, check_writable
+from chains.io.sinks import JsonlSink, check_writable, lock_file
 from chains.io.text_file import STDIN, bounded_lines, close_text, not_utf8, open_text
 
 MAX_RECORD_CHARS = 64 * 1024 * 1024
@@ -302,7 +302,8 @@ class _open:
     def __enter__(self) -> tuple[TextIO, Fingerprint]:
         self.handle = open_text(self.path, _FLAG)
         try:
-            _shared_lock(self.handle, self.path)
+            busy = f"{_FLAG} {self.path} is in use by a run (it holds the file's lock); wait for that run to finish, then merge"
+            lock_file(self.handle, exclusive=False, busy=busy)  # a filesystem without locks: read it anyway
             stat = os.fstat(self.handle.fileno())
         except BaseException:
             close_text(self.handle)
@@ -312,21 +313,6 @@ class _open:
     def __exit__(self, *exc: object) -> None:
         if self.handle is not None:
             close_text(self.handle)  # releases the lock
-
-
-def _shared_lock(handle: TextIO, path: str) -> None:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no locking
-        return
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise UsageError(
-            f"{_FLAG} {path} is in use by a run (it holds the file's lock); wait for that run to finish, then merge"
-        ) from None
-    except OSError:  # a filesystem without locks: read it anyway
-        pass
 
 
 __all__ = ["MAX_RECORD_CHARS", "MAX_RECORD_DEPTH", "MergeReport", "merge_records"]

@@ -143,19 +143,26 @@ class JsonlSink:
 
 def _lock(handle: IO[str], label: str, flag: str) -> None:
     """An exclusive, non-blocking lock on the open file, held until it is closed."""
+    busy = f"{flag} {label} is in use by another run (it holds the file's lock); wait for that run to finish, or pick another file"
+    if not lock_file(handle, exclusive=True, busy=busy):
+        logger.warning("%s %s: cannot lock it; do not start another run on it", flag, label)
+
+
+def lock_file(handle: IO[str], *, exclusive: bool, busy: str) -> bool:
+    """A non-blocking ``flock`` on an open file, held until it is closed: exclusive for a writer, shared for a
+    reader.  Another holder is one ``UsageError`` (``busy``); False when the filesystem has no locks (some network
+    mounts) or the platform none."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no locking
-        return
+        return False
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle.fileno(), (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise UsageError(
-            f"{flag} {label} is in use by another run (it holds the file's lock); "
-            "wait for that run to finish, or pick another file"
-        ) from None
-    except OSError as exc:  # a filesystem without locks (some network mounts): run, but say so
-        logger.warning("%s %s: cannot lock it (%s); do not start another run on it", flag, label, exc.strerror)
+        raise UsageError(busy) from None
+    except OSError:
+        return False
+    return True
 
 
 def _ends_with_newline(path: Path) -> bool:
