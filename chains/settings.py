@@ -45,6 +45,7 @@ ENVIRONMENT: dict[str, str] = {
     "OPENAI_API_KEY": "the provider's key (RunSettings.api_key); without it and without a base URL the default "
     "model is the offline one",
     "OPENAI_BASE_URL": "an OpenAI-compatible server (RunSettings.base_url); --base-url wins; empty counts as unset",
+    "ANTHROPIC_API_KEY": "the key for --model anthropic:NAME (RunSettings.api_key when the model is Anthropic's)",
     "RUNNER_API_KEY": "the key `serve` requires as 'Authorization: Bearer KEY'; --api-key wins",
     **dict.fromkeys(TRACING_VARS, "LangSmith tracing on (read by langsmith; we probe its endpoint once)"),
     **dict.fromkeys(TRACING_ENDPOINT_VARS, "LangSmith's endpoint (read by langsmith; the one we probe)"),
@@ -61,6 +62,7 @@ class Environment:
 
     openai_api_key: str | None = None
     openai_base_url: str | None = None
+    anthropic_api_key: str | None = None
     runner_api_key: str | None = None
     tracing: bool = False
     tracing_endpoint: str = DEFAULT_TRACING_ENDPOINT
@@ -72,6 +74,7 @@ class Environment:
         return cls(
             openai_api_key=env.get("OPENAI_API_KEY") or None,
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
+            anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
             runner_api_key=env.get("RUNNER_API_KEY") or None,
             tracing=any(env.get(name, "").strip().lower() == "true" for name in TRACING_VARS),
             tracing_endpoint=next((env[name] for name in TRACING_ENDPOINT_VARS if env.get(name)), None)
@@ -134,8 +137,15 @@ class RunSettings(BaseModel):
         default=None,
         description="PROVIDER:MODEL (e.g. openai:gpt-4o-mini) or 'fake'; None picks the default",
     )
-    base_url: str | None = Field(default=None, description="OpenAI-compatible server URL")
-    api_key: SecretStr | None = Field(default=None, description="API key; defaults to OPENAI_API_KEY")
+    base_url: str | None = Field(default=None, description="the model's server (OpenAI-compatible, or the provider's)")
+    extra_base_urls: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="more endpoints serving the same model (--base-url given again): requests are spread over all",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="API key; defaults to ANTHROPIC_API_KEY for an Anthropic model, else OPENAI_API_KEY"
+    )
     max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=10_000)
     stream: bool = Field(default=False, description="stream each request (live tokens, time to first token)")
     temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
@@ -222,6 +232,28 @@ class RunSettings(BaseModel):
                 raise ValueError(f"base_url {problem}; use e.g. http://localhost:8000/v1")
         return value
 
+    @field_validator("extra_base_urls")
+    @classmethod
+    def _valid_extra_base_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            problem = _url_problem(url)
+            if problem is not None:
+                raise ValueError(f"base_url {problem}; use e.g. http://localhost:8000/v1")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _endpoints_need_a_first(self) -> RunSettings:
+        if self.extra_base_urls and self.base_url is None:
+            raise ValueError("extra_base_urls need base_url (the first endpoint)")
+        return self
+
+    @property
+    def base_urls(self) -> list[str]:
+        """Every endpoint of the model, the first one (``base_url``) first; empty for the provider's default."""
+        if self.base_url is None:
+            return []
+        return list(dict.fromkeys([self.base_url, *self.extra_base_urls]))
+
     @field_validator("prompts_dirs")
     @classmethod
     def _each_dir_once(cls, value: list[str]) -> list[str]:
@@ -237,8 +269,12 @@ class RunSettings(BaseModel):
         """
         environment = Environment.read(env)
         values = {k: v for k, v in values.items() if v is not None}
-        if "api_key" not in values and environment.openai_api_key:
-            values["api_key"] = environment.openai_api_key
+        anthropic = str(values.get("model") or "").startswith("anthropic:")
+        key = environment.anthropic_api_key if anthropic else environment.openai_api_key
+        if "api_key" not in values and key:
+            values["api_key"] = key
+        for url in values.get("extra_base_urls") or ():
+            check_base_url(url, "--base-url")
         if "base_url" in values:
             check_base_url(values["base_url"], "--base-url")
         elif environment.openai_base_url:

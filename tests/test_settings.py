@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chains.cli.commands import RunOptions, list_command, run_command, show_command
-from chains.errors import ChainRunnerError
+from chains.errors import ChainRunnerError, ModelConfigError
 from chains.providers.models import NO_KEY_NOTICE, ModelSession
 from chains.providers.tracing import disable_unreachable_tracing, endpoint_address
 from chains.server import create_app
@@ -119,11 +119,37 @@ def test_the_environment_read_once_gives_every_variable() -> None:
             "RUNNER_API_KEY": "serve-key",
             "LANGCHAIN_TRACING_V2": " TRUE ",
             "LANGCHAIN_ENDPOINT": "http://127.0.0.1:9",
+            "ANTHROPIC_API_KEY": "sk-ant",
         }
     )
-    assert seen == Environment("sk-x", None, "serve-key", True, "http://127.0.0.1:9")
+    assert seen == Environment(
+        openai_api_key="sk-x",
+        openai_base_url=None,
+        anthropic_api_key="sk-ant",
+        runner_api_key="serve-key",
+        tracing=True,
+        tracing_endpoint="http://127.0.0.1:9",
+    )
     assert Environment.read({}) == Environment()
     assert RunSettings.from_env({"OPENAI_API_KEY": "sk-x"}).api_key is not None
+
+
+def test_the_key_comes_from_the_models_provider() -> None:
+    env = {"OPENAI_API_KEY": "sk-openai", "ANTHROPIC_API_KEY": "sk-ant"}
+    anthropic = RunSettings.from_env(env, model="anthropic:claude-haiku-4-5")
+    openai = RunSettings.from_env(env, model="openai:gpt-4o-mini")
+    assert anthropic.api_key is not None and anthropic.api_key.get_secret_value() == "sk-ant"
+    assert openai.api_key is not None and openai.api_key.get_secret_value() == "sk-openai"
+    assert RunSettings.from_env({"OPENAI_API_KEY": "sk-openai"}, model="anthropic:claude-haiku-4-5").api_key is None
+
+
+def test_several_endpoints_are_one_list_first_first() -> None:
+    settings = RunSettings(base_url="http://a:1/v1", extra_base_urls=["http://b:2/v1", "http://a:1/v1"])
+    assert settings.base_urls == ["http://a:1/v1", "http://b:2/v1"]
+    with pytest.raises(ModelConfigError, match="--base-url 'ftp://c/v1'"):
+        RunSettings.from_env({}, base_url="http://a:1/v1", extra_base_urls=["ftp://c/v1"])
+    with pytest.raises(ValueError, match="need base_url"):
+        RunSettings(extra_base_urls=["http://b:2/v1"])
 
 
 ENV_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=80)

@@ -9,88 +9,38 @@ an OpenAI model is used, so ``list``/``show`` and the offline model start fast.
 from __future__ import annotations
 
 import functools
-import re
 import sys
-from dataclasses import dataclass
 from typing import Any, TextIO
 
 from langchain_core.language_models import BaseChatModel
 
 from chains.engine.limits import Limits
 from chains.engine.pricing import PriceTable
-from chains.engine.resume import OPENAI_ENDPOINT, model_identity, normalise_endpoint
+from chains.engine.resume import model_identity
 from chains.errors import ModelConfigError
 from chains.providers.cache import SQLiteCache
+from chains.providers.factories import build_inner, create_other, require_key
 from chains.providers.managed import ManagedChatModel
-from chains.providers.pools import LoopPools
-from chains.settings import DEFAULT_OPENAI_MODEL, FAKE_MODEL, RunSettings, check_base_url
-
-_SPEC = re.compile(r"^(?P<provider>[a-z][a-z0-9_-]*):(?P<name>\S+)$")
-NO_KEY_NOTICE = (
-    "no OPENAI_API_KEY set: using the offline 'fake' model "
-    "(set OPENAI_API_KEY, or pass --model/--base-url, to use a real one)"
+from chains.providers.model_spec import (
+    NO_KEY_NOTICE,
+    ModelSpec,
+    builtin_prices_apply,
+    is_openai_endpoint,
+    parse_model_spec,
+    resolve_model_spec,
 )
+from chains.providers.pools import LoopPools
+from chains.settings import FAKE_MODEL, RunSettings, check_base_url
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    provider: str
-    name: str
-
-    def __str__(self) -> str:
-        return FAKE_MODEL if self.provider == FAKE_MODEL else f"{self.provider}:{self.name}"
-
-
-def parse_model_spec(text: str) -> ModelSpec:
-    """``openai:gpt-4o-mini`` → ModelSpec; ``fake`` is the offline model."""
-    text = text.strip()
-    if text in (FAKE_MODEL, "fake:fake"):
-        return ModelSpec(FAKE_MODEL, FAKE_MODEL)
-    match = _SPEC.match(text)
-    if not match:
-        raise ModelConfigError(
-            f"--model {text!r} is not PROVIDER:MODEL; use e.g. openai:gpt-4o-mini, or 'fake' for the offline model"
-        )
-    return ModelSpec(match["provider"], match["name"])
-
-
-def resolve_model_spec(settings: RunSettings) -> tuple[ModelSpec, str | None]:
-    """The model to use and, when it was chosen for the user, a one-line notice.
-
-    OpenAI's default model name means nothing to another server (it answers 404, or serves
-    whatever it has under that name), so sending it there is said, with how to choose.
-    """
-    if settings.model:
-        return parse_model_spec(settings.model), None
-    if settings.base_url and not is_openai_endpoint(settings.base_url):
-        spec = parse_model_spec(DEFAULT_OPENAI_MODEL)
-        url = settings.base_url.rstrip("/")
-        return spec, (
-            f"no --model given: asking {url} for model {spec.name!r}; choose the server's model with "
-            f"--model openai:NAME (GET {url}/models lists them)"
-        )
-    if settings.api_key is not None or settings.base_url:
-        return parse_model_spec(DEFAULT_OPENAI_MODEL), None
-    return ModelSpec(FAKE_MODEL, FAKE_MODEL), NO_KEY_NOTICE
-
-
-def is_openai_endpoint(base_url: str | None) -> bool:
-    """No base URL, or OpenAI's own however it is spelled (``https://API.openai.com:443/v1/``)."""
-    return not base_url or normalise_endpoint(base_url) == OPENAI_ENDPOINT
-
-
-def builtin_prices_apply(spec: ModelSpec, base_url: str | None) -> bool:
-    """The built-in (OpenAI list) prices are the cost of OpenAI models at OpenAI, and of the offline model."""
-    return spec.provider == FAKE_MODEL or (spec.provider == "openai" and is_openai_endpoint(base_url))
-
-
-def _require_key(spec: ModelSpec, settings: RunSettings) -> None:
-    """OpenAI itself needs a key; a server at ``--base-url`` may not."""
-    if settings.api_key is None and not settings.base_url:
-        raise ModelConfigError(
-            f"--model {spec} needs OPENAI_API_KEY; export it, pass --base-url for a local "
-            "OpenAI-compatible server, or use --model fake"
-        )
+__all__ = [
+    "NO_KEY_NOTICE",
+    "ModelSession",
+    "ModelSpec",
+    "builtin_prices_apply",
+    "is_openai_endpoint",
+    "parse_model_spec",
+    "resolve_model_spec",
+]
 
 
 def _prices(spec: ModelSpec, settings: RunSettings) -> PriceTable:
@@ -117,9 +67,9 @@ def _check_provider(spec: ModelSpec, settings: RunSettings) -> None:
     built: that would open the run's HTTP pool.
     """
     if spec.provider == "openai":
-        _require_key(spec, settings)
+        require_key(spec, settings)
     elif spec.provider != FAKE_MODEL:
-        _create_other(spec, settings)
+        create_other(spec, settings, settings.base_url)
 
 
 def _check_tier(spec: ModelSpec, settings: RunSettings) -> None:
@@ -129,121 +79,6 @@ def _check_tier(spec: ModelSpec, settings: RunSettings) -> None:
             f"--tier {settings.tier} needs an OpenAI model or an OpenAI-compatible server (--model openai:NAME), "
             f"not --model {spec}; use --tier online"
         )
-
-
-def _create_openai(spec: ModelSpec, settings: RunSettings, http_client: Any) -> BaseChatModel:
-    from langchain_openai import ChatOpenAI
-
-    _require_key(spec, settings)
-    key = settings.api_key.get_secret_value() if settings.api_key is not None else "not-needed"
-    kwargs: dict[str, Any] = {
-        "model": spec.name,
-        "api_key": key,
-        "base_url": settings.base_url,
-        "max_retries": 0,  # the runner is the one retry layer
-        "timeout": settings.timeout,
-        # No per-chunk timeout: the managed model bounds each attempt as a whole (chains/engine/deadline.py), and
-        # langchain-openai's per-chunk asyncio.wait_for swallows that deadline's cancellation on Python 3.11.
-        "stream_chunk_timeout": None,
-        "stream_usage": True,  # also for custom base URLs, where it is off by default
-        "http_async_client": http_client,  # our pool: one per run, sized to --max-concurrency
-        # The sync client is never used; without this langchain-openai would build one with
-        # its own transport (and warn when a proxy variable such as NO_PROXY is set).
-        "http_socket_options": (),
-        "include_response_headers": True,  # x-ratelimit-* headers feed the rate limiter
-    }
-    if settings.tier == "flex":
-        kwargs["service_tier"] = "flex"
-    if settings.base_url and "api.openai.com" not in settings.base_url:
-        return _compatible_chat_openai()(**kwargs)
-    return ChatOpenAI(**kwargs)
-
-
-@functools.cache
-def _compatible_chat_openai() -> type[BaseChatModel]:
-    """ChatOpenAI for OpenAI-compatible servers.
-
-    langchain-openai sends the length limit as ``max_completion_tokens`` (OpenAI's current
-    name); llama.cpp, vLLM, Ollama and LM Studio read ``max_tokens`` and silently ignore the
-    other, so answers would run to the end of the context window.
-    """
-    from langchain_openai import ChatOpenAI
-
-    class CompatibleChatOpenAI(ChatOpenAI):
-        def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
-            payload = super()._get_request_payload(input_, stop=stop, **kwargs)
-            if "max_completion_tokens" in payload:
-                payload["max_tokens"] = payload.pop("max_completion_tokens")
-            return payload
-
-    return CompatibleChatOpenAI
-
-
-def _create_other(spec: ModelSpec, settings: RunSettings) -> BaseChatModel:
-    integration = "langchain-" + spec.provider.replace("_", "-")
-    try:
-        from langchain.chat_models import init_chat_model
-    except ImportError as exc:  # the [providers] extra is not installed
-        raise ModelConfigError(
-            f"--model {spec} needs the providers extra: pip install 'chain-runner[providers]' {integration}"
-        ) from exc
-    try:
-        return init_chat_model(f"{spec.provider}:{spec.name}", max_retries=0, timeout=settings.timeout)
-    except ImportError as exc:
-        raise ModelConfigError(
-            f"--model {spec}: the provider's integration is not installed ({exc}); pip install {integration}"
-        ) from exc
-    except ValueError as exc:
-        first = str(exc).splitlines()[0]
-        raise ModelConfigError(
-            f"--model {spec}: {first}; use a provider LangChain knows, e.g. openai:gpt-4o-mini"
-        ) from exc
-
-
-def create_http_client(settings: RunSettings) -> Any:
-    """The run's one connection pool, sized to ``--max-concurrency``.
-
-    The OpenAI SDK's aiohttp transport when it is available (about half the client CPU per
-    request of the default httpx transport, see benchmarks/), else the SDK's httpx client.
-    """
-    import openai
-
-    connections = max(10, settings.max_concurrency * 2)
-    for name in (
-        ("DefaultAioHttpClient", "DefaultAsyncHttpxClient")
-        if settings.http_backend == "aiohttp"
-        else ("DefaultAsyncHttpxClient",)
-    ):
-        factory = getattr(openai, name, None)
-        if factory is None:
-            continue
-        http = _http_module(factory)
-        try:
-            return factory(
-                limits=http.Limits(max_connections=connections, max_keepalive_connections=connections),
-                timeout=http.Timeout(settings.timeout, connect=min(10.0, settings.timeout)),
-            )
-        except RuntimeError:  # the SDK was installed without its aiohttp extra
-            continue
-    import httpx
-
-    return httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-        timeout=httpx.Timeout(settings.timeout, connect=min(10.0, settings.timeout)),
-    )
-
-
-def _http_module(factory: Any) -> Any:
-    """The httpx flavour an SDK client class is built on (openai 3.x: httpx2; earlier: httpx)."""
-    import importlib
-
-    for base in type.mro(factory):
-        root = base.__module__.split(".")[0]
-        if root in ("httpx", "httpx2"):
-            return importlib.import_module(root)
-    import httpx
-
-    return httpx
 
 
 class ModelSession:
@@ -344,14 +179,7 @@ class ModelSession:
 
     def _build_inner_for(self, spec: ModelSpec) -> tuple[BaseChatModel, Any]:
         """A provider model and the HTTP client it owns (None when there is none to close)."""
-        if spec.provider == FAKE_MODEL:
-            from chains.providers.fake import FakeChatModel
-
-            return FakeChatModel(token_delay=self.settings.fake_token_delay), None
-        if spec.provider == "openai":
-            http = create_http_client(self.settings)
-            return _create_openai(spec, self.settings, http), http
-        return _create_other(spec, self.settings), None
+        return build_inner(spec, self.settings, self.settings.base_url)
 
     @property
     def identity(self) -> str:
