@@ -125,8 +125,12 @@ def _add_run_options(parser: argparse.ArgumentParser, *, file_run: bool = True) 
     )
     model.add_argument(
         "--base-url",
+        action="append",
+        default=[],
         metavar="URL",
-        help="OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio); default $OPENAI_BASE_URL",
+        help="the model's server: OpenAI-compatible (vLLM, Ollama, llama.cpp, LM Studio) or the provider's; "
+        "default $OPENAI_BASE_URL; give it again for more endpoints of the same model (requests are spread "
+        "by free capacity, a failing one is taken out and probed back in)",
     )
     model.add_argument("--temperature", type=_non_negative_float, help="override the prompt files' temperature")
     model.add_argument("--max-tokens", type=_positive_int, help="override the prompt files' max_tokens")
@@ -368,7 +372,8 @@ def _settings(args: argparse.Namespace) -> RunSettings:
 
     values = {
         "model": args.model,
-        "base_url": args.base_url,
+        "base_url": args.base_url[0] if args.base_url else None,
+        "extra_base_urls": args.base_url[1:] or None,
         "max_concurrency": args.max_concurrency,
         "temperature": args.temperature,
         "max_tokens": args.max_tokens,

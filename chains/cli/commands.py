@@ -224,7 +224,7 @@ async def _run(
 ) -> int:
     """``reopen`` gives a fresh reader of the same inputs (None for standard input): a shard run counts its own.
     ``engine`` is the Ray engine's ``run_on_ray`` (``--workers``, ``--ray-address``), called in ``run_batch``'s place."""
-    from chains.cli.tiers import batch_summary, left_running
+    from chains.cli.tiers import left_running
     from chains.engine.callbacks import live_token_handler
     from chains.engine.execution import run_batch
     from chains.engine.interrupt import INTERRUPTED, STDOUT_CLOSED, RunStop
@@ -297,7 +297,7 @@ async def _run(
     finally:
         left = await session.aclose(cancel_batches=options.cancel_on_interrupt and stop.reason == INTERRUPTED)
     summary = batch.summary.finish().to_dict()
-    batch_summary(session, summary)
+    summary.update(session.report())
     if shard is not None:
         summary["shard"] = scale.shard_summary(shard, counted, batch, summary)
     if options.metrics_out:

@@ -156,6 +156,7 @@ def summary_table(summary: dict[str, Any], title: str = "run summary") -> Table:
     if summary.get("cache_hits"):
         rows.append(("cache hits", _fmt(summary["cache_hits"])))
     rows += _worker_rows(summary)
+    rows += _endpoint_rows(summary)
     rows += _tier_rows(summary)
     if summary.get("cost_usd"):
         tier = summary.get("tier")
@@ -183,6 +184,19 @@ def _worker_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("Ray start-up", _fmt(summary["startup_s"], " s")))
     if summary.get("inputs_rerun"):
         rows.append(("inputs run again (worker died)", _fmt(summary["inputs_rerun"])))
+    return rows
+
+
+def _endpoint_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Several endpoints: each one's requests (attempts), failures, times taken out and latency."""
+    rows = []
+    for endpoint in summary.get("endpoints") or ():
+        parts = [f"{endpoint['requests']:,} requests", f"{endpoint['failures']:,} failed"]
+        if endpoint.get("taken_out"):
+            parts.append(f"taken out {endpoint['taken_out']}x")
+        if endpoint.get("latency_p50_s") is not None:
+            parts.append(f"p50 {endpoint['latency_p50_s']:.3f} s")
+        rows.append((endpoint["endpoint"], " · ".join(parts)))
     return rows
 
 

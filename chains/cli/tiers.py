@@ -4,14 +4,13 @@ run says, and ``--dry-run`` (the library halves: ``chains.providers.batch``, ``c
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from chains.errors import UsageError
 from chains.settings import RunSettings
 
 if TYPE_CHECKING:
     from chains.cli.commands import RunOptions
-    from chains.providers.models import ModelSession
 
 
 def check_tier_flags(options: RunOptions, settings: RunSettings) -> None:
@@ -28,14 +27,6 @@ def check_tier_flags(options: RunOptions, settings: RunSettings) -> None:
         raise UsageError("--flex-fallback sends at the standard tier what the flex tier refuses: it needs --tier flex")
     if batch and options.stream:
         raise UsageError("--tier batch answers each request whole, after the batch: drop --stream (or use --tier flex)")
-
-
-def batch_summary(session: ModelSession, summary: dict[str, Any]) -> None:
-    """The run's tier, and the batch tier's own numbers (batches, requests, resubmissions, wall time)."""
-    summary["tier"] = session.settings.tier
-    collector = session.model.batches
-    if collector is not None:
-        summary["batches"] = collector.stats.to_dict()
 
 
 def left_running(batch_ids: list[str], output: str | None) -> None:

@@ -40,6 +40,8 @@ class ItemMetrics:
     """The model that answered (its last call): with ``--fallback-model``, maybe not the first one."""
     fallbacks: list[dict[str, Any]] = field(default_factory=list)
     """Models that did not answer a call of this input, and why (``chains.providers.fallbacks``)."""
+    endpoint: str | None = None
+    """With several ``--base-url``: the endpoint that answered its last call (``chains.providers.endpoints``)."""
     tier: str | None = None
     """The price tier that answered (``online``, ``flex``, ``batch``; ``mixed`` when its calls differed)."""
 

@@ -43,7 +43,7 @@ from chains.engine.retry import (
 from chains.errors import ProviderError
 from chains.providers import accounting
 from chains.providers.fallbacks import fallback_reason, note_fallback
-from chains.providers.portal import Portal
+from chains.providers.portal import AsyncView, Portal
 from chains.providers.streaming import Call, finish_reason, stream_to_consumer, whole_answer_chunk
 
 log = logging.getLogger("chains.requests")
@@ -91,6 +91,9 @@ class ManagedChatModel(BaseChatModel):
     """A flex request the flex tier has no capacity for is sent again at once at the standard tier."""
     fallback: ManagedChatModel | None = Field(default=None, exclude=True)
     """The next model to try when a request fails for a reason it may not share (``chains.providers.fallbacks``)."""
+    endpoints: Any = Field(default=None, exclude=True)
+    """With several ``--base-url``: the ``EndpointRouter`` each attempt asks for its endpoint
+    (``chains.providers.endpoints``); None sends every request to ``inner``."""
     label: str = ""
     """The model as the user named it (``openai:gpt-4o-mini``), for records and logs; default: the token model."""
     _portal: Portal | None = PrivateAttr(default=None)
@@ -139,8 +142,10 @@ class ManagedChatModel(BaseChatModel):
         """The inner model's provider, model name and parameters, so tracing shows who answered."""
         return self.inner._get_ls_params(stop=self._stop(stop), **self._params(kwargs))
 
-    def _inner(self) -> BaseChatModel:
-        """The inner model for the running event loop (see ``inner_for_loop``)."""
+    def _inner(self, call: Call | None = None) -> BaseChatModel:
+        """The inner model for the running event loop (see ``inner_for_loop``), at the call's endpoint."""
+        if call is not None and call.endpoint is not None:
+            return cast(BaseChatModel, call.endpoint.model())
         if self.inner_for_loop is None:
             return self.inner
         return self.inner_for_loop(asyncio.get_running_loop())
@@ -180,7 +185,7 @@ class ManagedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         """Sync ``invoke``/``batch``: the async request path, run on this model's portal loop."""
-        manager = _AsyncView(run_manager) if run_manager is not None else None
+        manager = AsyncView(run_manager) if run_manager is not None else None
         return self.portal().run(self._agenerate(messages, stop, cast(Any, manager), **kwargs))
 
     def _stream(
@@ -294,7 +299,7 @@ class ManagedChatModel(BaseChatModel):
         self, failure: Failure, attempt: int, sleep: float, limits: Limits | None, item: ItemMetrics | None
     ) -> None:
         """One retry decision: counted, the window halved on a 429, logged with its reason."""
-        if failure.throttled and limits is not None:
+        if failure.throttled and limits is not None and self.endpoints is None:  # else: the endpoint's window
             limits.concurrency.throttled()
         if item is not None:
             item.retries += 1
@@ -322,7 +327,11 @@ class ManagedChatModel(BaseChatModel):
 
     async def _attempt_once(self, call: Call) -> ChatResult:
         async with self._booked(call) as settle:
-            result = await self._request_within_deadline(call)
+            if self.endpoints is None:
+                result = await self._request_within_deadline(call)
+            else:
+                async with self.endpoints.attempt() as call.endpoint:
+                    result = await self._request_within_deadline(call)
             settle(result)
             return result
 
@@ -335,7 +344,7 @@ class ManagedChatModel(BaseChatModel):
     async def _request(self, call: Call) -> ChatResult:
         """One attempt at the provider; a streamed answer must end with a finish reason."""
         if not call.stream:
-            result = await self._inner()._agenerate(call.messages, stop=call.stop, **call.params)
+            result = await self._inner(call)._agenerate(call.messages, stop=call.stop, **call.params)
             if not result.generations:
                 raise NoAnswerError("the provider answered 200 with no choices")
             return result
@@ -343,7 +352,7 @@ class ManagedChatModel(BaseChatModel):
         chunks: list[ChatGenerationChunk] = []
         source_iter = cast(
             AsyncGenerator[ChatGenerationChunk, None],
-            self._inner()._astream(call.messages, stop=call.stop, **call.params),
+            self._inner(call)._astream(call.messages, stop=call.stop, **call.params),
         )
         async with aclosing(source_iter) as source:
             async for chunk in source:
@@ -381,16 +390,3 @@ class ManagedChatModel(BaseChatModel):
 
     def _account(self, call: Call, result: ChatResult) -> None:
         accounting.account(self, call.messages, result, call.tier)
-
-
-class _AsyncView:
-    """A sync run manager seen through the async interface the request path calls."""
-
-    def __init__(self, manager: CallbackManagerForLLMRun) -> None:
-        self.manager = manager
-
-    async def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
-        self.manager.on_llm_new_token(token, **kwargs)
-
-    async def on_retry(self, state: Any, **kwargs: Any) -> None:
-        self.manager.on_retry(state, **kwargs)

@@ -19,6 +19,7 @@ from chains.engine.pricing import PriceTable
 from chains.engine.resume import model_identity
 from chains.errors import ModelConfigError
 from chains.providers.cache import SQLiteCache
+from chains.providers.endpoints import Endpoint, EndpointRouter
 from chains.providers.factories import build_inner, create_other, require_key
 from chains.providers.managed import ManagedChatModel
 from chains.providers.model_spec import (
@@ -73,6 +74,8 @@ def _check_provider(spec: ModelSpec, settings: RunSettings) -> None:
 
 
 def _check_tier(spec: ModelSpec, settings: RunSettings) -> None:
+    if settings.tier == "batch" and len(settings.base_urls) > 1:
+        raise ModelConfigError("--tier batch submits to one endpoint: give --base-url once, or use --tier online")
     """The batch tier speaks OpenAI's batch API (files + batches), and the flex tier is OpenAI's ``service_tier``."""
     if settings.tier != "online" and spec.provider != "openai":
         raise ModelConfigError(
@@ -98,6 +101,7 @@ class ModelSession:
         self._pools = LoopPools(self._build_inner)  # one inner model and HTTP pool per event loop
         self.inner = self._pools.first
         self.model = self._managed(self.spec, self._pools, batches=self._batch_collector())
+        self.endpoints = self.model.endpoints = self._endpoint_router()
         self.fallback_specs = [parse_model_spec(text) for text in self.settings.fallback_models]
         self._fallback_pools: list[LoopPools] = []
         previous = self.model
@@ -123,6 +127,28 @@ class ModelSession:
             tier="flex" if self.settings.tier == "flex" else "online",
             flex_fallback=self.settings.flex_fallback,
         )
+
+    def _endpoint_router(self) -> EndpointRouter | None:
+        """With several ``--base-url``: one endpoint each, the first on the session's own pools."""
+        urls = self.settings.base_urls
+        if len(urls) < 2 or self.spec.provider == FAKE_MODEL:
+            return None
+        window = self.settings.max_concurrency
+        endpoints = [Endpoint(urls[0], self._pools, window)]
+        for url in urls[1:]:
+            endpoints.append(
+                Endpoint(url, LoopPools(functools.partial(build_inner, self.spec, self.settings, url)), window)
+            )
+        return EndpointRouter(endpoints)
+
+    def report(self) -> dict[str, Any]:
+        """The session's part of the run summary: the tier, the batch tier's numbers, each endpoint's requests."""
+        report: dict[str, Any] = {"tier": self.settings.tier}
+        if self.model.batches is not None:
+            report["batches"] = self.model.batches.stats.to_dict()
+        if self.endpoints is not None:
+            report["endpoints"] = self.endpoints.stats()
+        return report
 
     def _batch_collector(self) -> Any:
         """The batch tier's collector (``chains.providers.batch``), or None online."""
@@ -192,19 +218,35 @@ class ModelSession:
             print(self.notice, file=stream or sys.stderr)
 
     async def check_reachable(self) -> None:
-        """Fail fast, with one clear line, when ``--base-url`` cannot be reached at all."""
-        base_url = self.settings.base_url
-        http = self._pools.http_here() if base_url else None
-        if base_url is None or http is None:
+        """Fail fast, with one clear line, when ``--base-url`` cannot be reached at all.  With several endpoints,
+        only when none can: one that cannot starts out of the rotation and is probed back in."""
+        if self.endpoints is None:
+            problem = await self._unreachable(self._pools, self.settings.base_url)
+            if problem is not None:
+                raise ModelConfigError(
+                    f"cannot reach --base-url {self.settings.base_url} ({problem}); start the server or fix the URL"
+                )
             return
-        url = base_url.rstrip("/") + "/models"
-        try:
-            await http.get(url, timeout=min(5.0, self.settings.timeout))
-        except Exception as exc:  # httpx/httpx2/aiohttp transport errors alike: the server is unreachable
+        problems = [await self._unreachable(e.pools, e.url) for e in self.endpoints.endpoints]
+        if all(problems):
             raise ModelConfigError(
-                f"cannot reach --base-url {self.settings.base_url} ({type(exc).__name__}); "
-                "start the server or fix the URL"
-            ) from exc
+                f"cannot reach any of the {len(problems)} --base-url endpoints ({problems[0]} at "
+                f"{self.endpoints.endpoints[0].url}); start the servers or fix the URLs"
+            )
+        for endpoint, problem in zip(self.endpoints.endpoints, problems, strict=True):
+            if problem is not None:
+                self.endpoints.mark_unreachable(endpoint, f"unreachable at start ({problem})")
+
+    async def _unreachable(self, pools: LoopPools, base_url: str | None) -> str | None:
+        """Why ``base_url`` cannot be reached (the transport error's name), or None when it answers."""
+        http = pools.http_here() if base_url else None
+        if base_url is None or http is None:
+            return None
+        try:
+            await http.get(base_url.rstrip("/") + "/models", timeout=min(5.0, self.settings.timeout))
+        except Exception as exc:  # httpx/httpx2/aiohttp transport errors alike: the server is unreachable
+            return type(exc).__name__
+        return None
 
     async def aclose(self, *, cancel_batches: bool = False) -> list[str]:
         """Close the pools; the batch tier's batches still open at the provider are returned (cancelled first
@@ -216,6 +258,8 @@ class ModelSession:
             self.cache.close()
             self.cache = None
         await self._pools.aclose()
+        for endpoint in self.endpoints.endpoints[1:] if self.endpoints is not None else ():
+            await endpoint.pools.aclose()
         for pools in self._fallback_pools:
             await pools.aclose()
         self.model.close_portal()

@@ -14,7 +14,10 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from langchain_core.callbacks import CallbackManagerForLLMRun
 
 T = TypeVar("T")
 _END = object()
@@ -92,3 +95,16 @@ class Portal:
             thread.join(timeout=5)
         if not loop.is_running():
             loop.close()
+
+
+class AsyncView:
+    """A sync run manager seen through the async interface the request path calls."""
+
+    def __init__(self, manager: CallbackManagerForLLMRun) -> None:
+        self.manager = manager
+
+    async def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        self.manager.on_llm_new_token(token, **kwargs)
+
+    async def on_retry(self, state: Any, **kwargs: Any) -> None:
+        self.manager.on_retry(state, **kwargs)

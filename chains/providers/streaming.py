@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -75,6 +75,8 @@ class Call:
     limits: Limits | None
     tier: Tier = "online"
     """The price tier it is sent at (``online``, ``flex``); a flex call falls back to ``online``."""
+    endpoint: Any = None
+    """The endpoint its current attempt went to, with several ``--base-url`` (``chains.providers.endpoints``)."""
 
 
 async def stream_to_consumer(
@@ -143,10 +145,12 @@ async def _stream_attempt(model: ManagedChatModel, call: Call) -> AsyncGenerator
     """One streamed attempt: nothing is yielded before the first content, so that everything
     up to it can be retried; the attempt as a whole ends by ``timeout``."""
     deadline = asyncio.get_running_loop().time() + model.timeout
-    async with model._booked(call) as settle:
+    async with model._booked(call) as settle, AsyncExitStack() as stack:
+        if model.endpoints is not None:
+            call.endpoint = await stack.enter_async_context(model.endpoints.attempt())
         source = cast(
             AsyncGenerator[ChatGenerationChunk, None],
-            model._inner()._astream(call.messages, stop=call.stop, **call.params),
+            model._inner(call)._astream(call.messages, stop=call.stop, **call.params),
         )
         chunks: list[ChatGenerationChunk] = []
         held: list[ChatGenerationChunk] | None = []  # chunks before the first content
