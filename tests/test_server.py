@@ -847,3 +847,30 @@ async def test_a_failed_stream_ends_with_an_error_event_of_the_failure_status(fa
             r = await client.post("/chains/summarize/stream", json={"input": {"text": text}})
             kind, data = parse_sse(r.text)[-1]
             assert kind == "error" and data["type"] == "ProviderError" and data["status"] == status, r.text
+
+
+async def test_a_json_answer_that_breaks_its_schema_is_repaired_through_invoke(fault_server: FaultServer) -> None:
+    """Schema repair is part of the chain, so the server's routes get it: one more request, counted in the metrics."""
+    bad = json.dumps({"keywords": ["sun"], "sentiment": "happy"})
+    good = json.dumps({"keywords": ["sun"], "sentiment": "positive"})
+    fault_server.add_fault("reply", match="sunny", times=1, message=bad)
+    fault_server.add_fault("reply", message=good)
+    async with client_for(on_fault_server(fault_server)) as client:
+        r = await client.post("/chains/keywords/invoke", json={"input": {"text": "a sunny day"}})
+        assert r.status_code == 200, r.text
+        assert r.json()["output"] == json.loads(good)
+        r = await client.post("/chains/keywords/batch", json={"inputs": [{"text": "a sunny day"}]})
+    [record] = r.json()["records"]
+    assert record["output"] == json.loads(good) and record["metrics"]["repairs"] == 0  # the fault was spent
+    assert "'happy' is not one of" in fault_server.stats()["log"][1]["key"]
+    assert fault_server.stats()["requests"] == 3
+
+
+async def test_the_server_spreads_over_several_endpoints(fault_server: FaultServer) -> None:
+    with FaultServer() as other:
+        settings = on_fault_server(fault_server, extra_base_urls=[other.base_url])
+        async with client_for(settings) as client:
+            r = await client.post("/chains/summarize/batch", json={"inputs": [{"text": f"t{i}"} for i in range(8)]})
+        assert r.status_code == 200 and r.json()["summary"]["failed"] == 0
+        seen = (fault_server.stats()["requests"], other.stats()["requests"])
+    assert sum(seen) == 8 and min(seen) >= 2, seen
