@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 from conftest import cli, records
 from fault_server import FaultServer
+from langchain_core.outputs import LLMResult
+
+from chains.engine.callbacks import DISCARD_EVENT, live_token_handler
 
 BAD = json.dumps({"keywords": ["sun"], "sentiment": "happy"})
 GOOD = json.dumps({"keywords": ["sun"], "sentiment": "positive"})
@@ -108,3 +113,38 @@ def test_in_the_batch_tier_a_repair_is_a_request_of_a_later_batch(texts: Path, f
     assert record["output"] == json.loads(GOOD) and record["metrics"]["repairs"] == 1
     assert [b["rows"] for b in fault_server.stats()["batches"]["created"]] == [1, 1]
     assert fault_server.stats()["requests"] == 0
+
+
+async def test_a_streamed_answer_refused_by_the_schema_is_reported_discarded_to_stream_consumers(
+    fault_server: FaultServer,
+) -> None:
+    """stream_one (and the server's SSE) showed the refused answer's tokens live: a ``discard`` event takes them
+    back before the repaired answer's tokens, as for a failed attempt."""
+    from chains import ModelSession, RunSettings, get_chain, stream_one
+
+    fault_server.add_fault("reply", match="sunny", times=1, message=BAD)
+    fault_server.add_fault("reply", message=GOOD)
+    settings = RunSettings(model="openai:test-model", base_url=fault_server.base_url, stream=True)
+    async with ModelSession(settings) as session:
+        chain = get_chain("keywords", session.model)
+        events = [event async for event in stream_one(chain, {"text": "a sunny day"}, settings=settings)]
+    kinds = [event.kind for event in events]
+    assert kinds.count("discard") == 1 and kinds[-1] == "end", (kinds, events[-1].record)
+    cut = kinds.index("discard")
+    before = "".join(e.text for e in events[:cut] if e.kind == "token")
+    after = "".join(e.text for e in events[cut + 1 :] if e.kind == "token")
+    assert before == BAD and events[cut].text == BAD and after == GOOD
+    assert events[-1].record is not None and events[-1].record.output == json.loads(GOOD)
+
+
+async def test_a_refused_answer_that_was_not_shown_announces_no_discard() -> None:
+    """Nothing was shown, so nothing is taken back: the live handler only reports text it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    handler = live_token_handler(out, err)
+    await handler.on_custom_event(DISCARD_EVENT, {"text": BAD}, run_id=uuid4())
+    assert out.getvalue() == "" and err.getvalue() == ""
+    shown = uuid4()
+    await handler.on_llm_new_token(BAD, run_id=shown)
+    await handler.on_llm_end(LLMResult(generations=[]), run_id=shown)
+    await handler.on_custom_event(DISCARD_EVENT, {"text": BAD}, run_id=uuid4())
+    assert out.getvalue() == BAD + "\n" and "the text above is discarded" in err.getvalue()

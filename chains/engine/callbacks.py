@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 from uuid import UUID
@@ -18,6 +19,10 @@ from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
 
 from chains.engine.metrics import ItemMetrics
+
+DISCARD_EVENT = "chain_runner_discard"
+"""The custom event a refused finished answer is announced with (``{"text": ...}``; schema repair sends it):
+whoever showed its tokens live (``TokenStreamHandler``) reports them discarded, as for a failed attempt."""
 
 INTERMEDIATE = "chain-runner:intermediate"
 
@@ -70,7 +75,8 @@ class TokenStreamHandler(AsyncCallbackHandler):
 
     Tokens are kept per run id, so concurrent model calls never interleave in
     a buffer.  When an attempt fails after tokens were shown and is retried,
-    ``on_discard(run_id, text)`` receives the text that was discarded.
+    ``on_discard(run_id, text)`` receives the text that was discarded.  So it does when a finished answer it
+    showed is refused afterwards (schema repair announces it with the ``chain_runner_discard`` custom event).
     """
 
     run_inline = True
@@ -79,6 +85,8 @@ class TokenStreamHandler(AsyncCallbackHandler):
         self.on_token = on_token
         self.on_discard = on_discard
         self.buffers: dict[UUID, list[str]] = {}
+        self.shown: deque[tuple[UUID, str]] = deque(maxlen=16)
+        """The last answers shown in full, until one is refused."""
 
     async def on_llm_new_token(
         self,
@@ -107,7 +115,20 @@ class TokenStreamHandler(AsyncCallbackHandler):
                 await result
 
     async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        self.buffers.pop(run_id, None)
+        shown = self.buffers.pop(run_id, None)
+        if shown:
+            self.shown.append((run_id, "".join(shown)))
+
+    async def on_custom_event(self, name: str, data: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        if name != DISCARD_EVENT or not isinstance(data, dict) or self.on_discard is None:
+            return
+        for entry in reversed(self.shown):
+            if entry[1] == data.get("text"):
+                self.shown.remove(entry)
+                result = self.on_discard(entry[0], entry[1])
+                if result is not None:
+                    await result
+                return
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self.buffers.pop(run_id, None)

@@ -6,6 +6,7 @@ Each integration is imported only when its model is used, so ``list``/``show`` a
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -39,6 +40,9 @@ def require_key(spec: ModelSpec, settings: RunSettings) -> None:
 def create_openai(spec: ModelSpec, settings: RunSettings, http_client: Any, base_url: str | None) -> BaseChatModel:
     from langchain_openai import ChatOpenAI
 
+    # langchain-openai warns on every streamed request with a response_format (a JSON prompt file) that it cannot
+    # return the response headers then: the rate limiter goes without them for those requests, nothing else.
+    warnings.filterwarnings("ignore", message="Cannot currently include response headers", category=UserWarning)
     require_key(spec, settings)
     key = settings.api_key.get_secret_value() if settings.api_key is not None else "not-needed"
     kwargs: dict[str, Any] = {

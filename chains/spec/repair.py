@@ -16,10 +16,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from langchain_core.callbacks import adispatch_custom_event, dispatch_custom_event
 from langchain_core.exceptions import OutputParserException
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 
+from chains.engine.callbacks import DISCARD_EVENT
 from chains.engine.metrics import current_item
 
 log = logging.getLogger("chains.repair")
@@ -77,6 +79,7 @@ def repairing(
                 if repairs == limit:
                     raise _failed(problem, answer, repairs) from problem
                 _repaired(repairs + 1, limit, problem)
+                dispatch_custom_event(DISCARD_EVENT, {"text": answer.text}, config=config)
                 messages = _again(messages, answer, problem)
         raise AssertionError("unreachable")
 
@@ -91,6 +94,7 @@ def repairing(
                 if repairs == limit:
                     raise _failed(problem, answer, repairs) from problem
                 _repaired(repairs + 1, limit, problem)
+                await adispatch_custom_event(DISCARD_EVENT, {"text": answer.text}, config=config)
                 messages = _again(messages, answer, problem)
         raise AssertionError("unreachable")
 
