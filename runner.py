@@ -132,6 +132,14 @@ def _add_run_options(parser: argparse.ArgumentParser, *, file_run: bool = True) 
         "default $OPENAI_BASE_URL; give it again for more endpoints of the same model (requests are spread "
         "by free capacity, a failing one is taken out and probed back in)",
     )
+    model.add_argument(
+        "--http-backend",
+        choices=["aiohttp", "httpx", "lean"],
+        default=None,
+        help="how openai: models talk HTTP: aiohttp (ChatOpenAI on the SDK's aiohttp transport, the default), "
+        "httpx (the SDK's default transport), lean (chain-runner's own client: no SDK, about half the client CPU "
+        "per request and a faster start; see benchmarks/README.md)",
+    )
     model.add_argument("--temperature", type=_non_negative_float, help="override the prompt files' temperature")
     model.add_argument("--max-tokens", type=_positive_int, help="override the prompt files' max_tokens")
     model.add_argument(
@@ -375,6 +383,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         "base_url": args.base_url[0] if args.base_url else None,
         "extra_base_urls": args.base_url[1:] or None,
         "max_concurrency": args.max_concurrency,
+        "http_backend": args.http_backend,
         "temperature": args.temperature,
         "max_tokens": args.max_tokens,
         "timeout": args.timeout,

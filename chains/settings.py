@@ -161,8 +161,9 @@ class RunSettings(BaseModel):
         description="the offline model's pace (--fake-delay): seconds per token, e.g. to watch it stream; "
         "no effect on any other model",
     )
-    http_backend: Literal["aiohttp", "httpx"] = Field(
-        default="aiohttp", description="transport of the OpenAI client's connection pool"
+    http_backend: Literal["aiohttp", "httpx", "lean"] = Field(
+        default="aiohttp",
+        description="transport of the OpenAI client's connection pool; lean: chains/providers/lean, no OpenAI SDK",
     )
     rpm: float | None = Field(
         default=None, gt=0, allow_inf_nan=False, description="requests per minute, shared by the whole run"

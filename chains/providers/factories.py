@@ -23,9 +23,17 @@ def build_inner(spec: ModelSpec, settings: RunSettings, base_url: str | None) ->
 
         return FakeChatModel(token_delay=settings.fake_token_delay), None
     if spec.provider == "openai":
+        if uses_lean(settings):  # its own pool per event loop: no SDK client to build
+            lean = create_openai(spec, settings, None, base_url)
+            return lean, lean.transport  # type: ignore[attr-defined]
         http = create_http_client(settings)
         return create_openai(spec, settings, http, base_url), http
     return create_other(spec, settings, base_url), None
+
+
+def uses_lean(settings: RunSettings) -> bool:
+    """The lean transport sends online requests; the batch tier speaks the SDK's files and batches API."""
+    return settings.http_backend == "lean" and settings.tier != "batch"
 
 
 def require_key(spec: ModelSpec, settings: RunSettings) -> None:
@@ -38,13 +46,28 @@ def require_key(spec: ModelSpec, settings: RunSettings) -> None:
 
 
 def create_openai(spec: ModelSpec, settings: RunSettings, http_client: Any, base_url: str | None) -> BaseChatModel:
+    require_key(spec, settings)
+    key = settings.api_key.get_secret_value() if settings.api_key is not None else "not-needed"
+    if uses_lean(settings):  # chains/providers/lean: no openai / langchain_openai import at all
+        from pydantic import SecretStr
+
+        from chains.providers.lean import LeanChatOpenAI
+
+        return LeanChatOpenAI(
+            model=spec.name,
+            api_key=SecretStr(key),
+            base_url=base_url,
+            timeout=settings.timeout,
+            stream_usage=True,
+            include_response_headers=True,
+            max_connections=max(10, settings.max_concurrency * 2),
+            service_tier="flex" if settings.tier == "flex" else None,
+        )
     from langchain_openai import ChatOpenAI
 
     # langchain-openai warns on every streamed request with a response_format (a JSON prompt file) that it cannot
     # return the response headers then: the rate limiter goes without them for those requests, nothing else.
     warnings.filterwarnings("ignore", message="Cannot currently include response headers", category=UserWarning)
-    require_key(spec, settings)
-    key = settings.api_key.get_secret_value() if settings.api_key is not None else "not-needed"
     kwargs: dict[str, Any] = {
         "model": spec.name,
         "api_key": key,

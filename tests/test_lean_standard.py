@@ -1,0 +1,173 @@
+"""LangChain's standard tests (``langchain-tests``) for ``LeanChatOpenAI``, as ``test_standard.py`` runs them for ours.
+
+``ChatModelUnitTests`` for ``LeanChatOpenAI`` itself and for ``ManagedChatModel`` over it (a fake key and a base
+URL, never contacted); ``ChatModelIntegrationTests`` for ``LeanChatOpenAI`` alone and for ``ManagedChatModel``
+over it exactly as ``ModelSession`` builds it for ``RunSettings(http_backend="lean")``, against the fault server
+(tests/fault_server.py) and, marked slow, the real llama.cpp server.  Nothing here reaches beyond 127.0.0.1.
+
+Unsupported, declared with the standard properties (see test_standard.py for the common ones): tool calling,
+tool choice and structured output against the fault server and llama.cpp, which cannot call tools (the lean
+model's tools and structured output are checked answer for answer against ``ChatOpenAI`` in test_lean_model.py);
+``test_init_from_env``: the lean model reads no environment (``chains.settings`` is the one place that does);
+``test_serdes``: it is not in LangChain's serialization namespace; model override on llama.cpp (one model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from fault_server import FaultServer
+from langchain_core.language_models import BaseChatModel
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
+from llama_server import MODEL_ALIAS
+
+from chains import ModelSession, RunSettings
+from chains.engine.limits import Limits
+from chains.providers.lean import LeanChatOpenAI
+from chains.providers.managed import ManagedChatModel
+
+pytestmark = pytest.mark.allow_hosts(["127.0.0.1"])
+
+_NOWHERE = "http://127.0.0.1:9/v1"
+
+
+@pytest.fixture
+def benchmark(codspeed_benchmark: Any) -> Any:
+    """``test_init_time`` asks for pytest-benchmark's fixture (disabled here): pytest-codspeed's drop-in."""
+    return codspeed_benchmark
+
+
+class TestLeanUnit(ChatModelUnitTests):
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return LeanChatOpenAI
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"model": "gpt-4o-mini", "api_key": "sk-test", "base_url": _NOWHERE}
+
+
+class TestManagedLeanUnit(ChatModelUnitTests):
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return ManagedChatModel
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"inner": LeanChatOpenAI(model="gpt-4o-mini", api_key="sk-test", base_url=_NOWHERE)}
+
+
+class _NoTools(ChatModelIntegrationTests):
+    base_url: str = ""
+    served_model: str = "fake-model"
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False
+
+
+class _LeanOverHTTP(_NoTools):
+    """``LeanChatOpenAI`` alone: its sync calls on its own portal loop, its async ones on the test's."""
+
+    @pytest.fixture
+    async def model(self, request: pytest.FixtureRequest) -> AsyncIterator[BaseChatModel]:
+        params = {**self.chat_model_params, **(getattr(request, "param", None) or {})}
+        model = LeanChatOpenAI(**params)
+        yield model
+        await model.transport.aclose(only_here=True)
+        model.close_portal()
+
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return LeanChatOpenAI
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"model": self.served_model, "api_key": "sk-test", "base_url": self.base_url, "stream_usage": True}
+
+
+class _ManagedLeanOverHTTP(_NoTools):
+    """``ManagedChatModel`` over the lean model as ``ModelSession`` builds it (one pool per event loop)."""
+
+    _session: ModelSession
+
+    @pytest.fixture
+    async def model(self, request: pytest.FixtureRequest) -> AsyncIterator[BaseChatModel]:
+        settings = RunSettings(
+            model=f"openai:{self.served_model}", base_url=self.base_url, max_retries=0, http_backend="lean"
+        )
+        self._session = ModelSession(settings)
+        model = ManagedChatModel(**{**self.chat_model_params, **(getattr(request, "param", None) or {})})
+        yield model
+        await self._session.aclose()
+        model.close_portal()
+
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return ManagedChatModel
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        model = self._session.model
+        assert isinstance(model.inner, LeanChatOpenAI)
+        return {
+            "inner": model.inner,
+            "inner_for_loop": model.inner_for_loop,
+            "max_retries": 0,
+            "base_url": model.base_url,
+            "token_model": model.token_model,
+            "limits": Limits.create(4),
+        }
+
+
+@pytest.fixture(scope="class")
+def _fault_server_url() -> Iterator[str]:
+    with FaultServer().start() as server:
+        yield server.base_url
+
+
+class TestLeanFaultServer(_LeanOverHTTP):
+    @pytest.fixture(autouse=True, scope="class")
+    @classmethod
+    def _server(cls, _fault_server_url: str) -> None:
+        cls.base_url = _fault_server_url
+
+    @property
+    def model_override_value(self) -> str:
+        return "other-model"
+
+
+class TestManagedLeanFaultServer(_ManagedLeanOverHTTP):
+    @pytest.fixture(autouse=True, scope="class")
+    @classmethod
+    def _server(cls, _fault_server_url: str) -> None:
+        cls.base_url = _fault_server_url
+
+    @property
+    def model_override_value(self) -> str:
+        return "other-model"
+
+
+@pytest.mark.slow
+class TestManagedLeanLlamaCpp(_ManagedLeanOverHTTP):
+    served_model = MODEL_ALIAS
+
+    @pytest.fixture(autouse=True, scope="class")
+    @classmethod
+    def _server(cls, llama_server: str) -> None:
+        cls.base_url = llama_server
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False
