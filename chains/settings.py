@@ -146,6 +146,11 @@ class RunSettings(BaseModel):
     api_key: SecretStr | None = Field(
         default=None, description="API key; defaults to ANTHROPIC_API_KEY for an Anthropic model, else OPENAI_API_KEY"
     )
+    provider_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="keys of other providers' fallback models, by provider (from their own variables: a key is "
+        "never sent to another provider)",
+    )
     max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=10_000)
     stream: bool = Field(default=False, description="stream each request (live tokens, time to first token)")
     temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
@@ -270,17 +275,27 @@ class RunSettings(BaseModel):
         """
         environment = Environment.read(env)
         values = {k: v for k, v in values.items() if v is not None}
-        anthropic = str(values.get("model") or "").startswith("anthropic:")
-        key = environment.anthropic_api_key if anthropic else environment.openai_api_key
+        main = _provider(values.get("model"))
+        anthropic = main == "anthropic"
+        keys = {"openai": environment.openai_api_key, "anthropic": environment.anthropic_api_key}
+        key = keys["anthropic"] if anthropic else keys["openai"]
         if "api_key" not in values and key:
             values["api_key"] = key
+        others = {_provider(text) for text in values.get("fallback_models") or ()} - {main, "fake"}
+        if "provider_keys" not in values:
+            values["provider_keys"] = {name: keys[name] for name in sorted(others) if keys.get(name)}
         for url in values.get("extra_base_urls") or ():
             check_base_url(url, "--base-url")
         if "base_url" in values:
             check_base_url(values["base_url"], "--base-url")
-        elif environment.openai_base_url:
+        elif environment.openai_base_url and not anthropic:
             values["base_url"] = check_base_url(environment.openai_base_url, "OPENAI_BASE_URL")
         return cls(**values)
+
+    def key_for(self, provider: str) -> SecretStr | None:
+        """The key for a model of ``provider``: ``api_key`` for the run's own model's provider, else that provider's
+        own (``provider_keys``)."""
+        return self.api_key if provider == _provider(self.model) else self.provider_keys.get(provider)
 
     def model_overrides(self) -> dict[str, Any]:
         """Request parameters given explicitly for the run; they win over prompt files."""
@@ -311,3 +326,11 @@ class RunSettings(BaseModel):
         if self.repair_attempts is not None:  # read by chains.spec.repair at run time
             config["configurable"] = {"repair_attempts": self.repair_attempts}
         return config
+
+
+def _provider(model: Any) -> str:
+    """The provider of a ``--model`` value: ``anthropic:claude-…`` → anthropic; none given → openai (the default)."""
+    text = str(model or "").strip()
+    if text in ("fake", "fake:fake"):
+        return "fake"
+    return text.split(":", 1)[0] if ":" in text else "openai"

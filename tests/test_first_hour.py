@@ -524,13 +524,22 @@ def test_serve_without_the_server_extra_is_one_line(tmp_path: Path) -> None:
 
 def test_another_provider_without_the_providers_extra_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "t.txt").write_text("a\n")
+    result = without("langchain", "story", "--topics", "t.txt", "--model", "mistralai:mistral-small", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result.stderr)
+    assert "--model mistralai:mistral-small" in line, line
+    assert "pip install 'chain-runner[providers]' langchain-mistralai" in line, line
+
+
+def test_anthropic_without_its_extra_is_one_line(tmp_path: Path) -> None:
+    """Anthropic's models are first class (their own extra), not through init_chat_model."""
+    (tmp_path / "t.txt").write_text("a\n")
     result = without(
-        "langchain", "story", "--topics", "t.txt", "--model", "anthropic:claude-3-5-haiku-latest", cwd=tmp_path
+        "langchain_anthropic", "story", "--topics", "t.txt", "--model", "anthropic:claude-haiku-4-5", cwd=tmp_path
     )
     assert result.returncode == 2, result.stderr
     line = one_error_line(result.stderr)
-    assert "--model anthropic:claude-3-5-haiku-latest" in line, line
-    assert "pip install 'chain-runner[providers]' langchain-anthropic" in line, line
+    assert "needs langchain-anthropic" in line and "pip install 'chain-runner[anthropic]'" in line, line
 
 
 def _pair(price: Any) -> tuple[float, float] | None:

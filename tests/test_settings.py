@@ -267,3 +267,14 @@ def test_serve_refuses_max_cost_without_a_price_before_listening(tmp_path: Path)
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "--max-cost needs a price for mine" in one_error_line(result.stderr)
+
+
+def test_a_fallback_of_another_provider_gets_its_own_key_never_the_runs() -> None:
+    env = {"OPENAI_API_KEY": "sk-openai", "ANTHROPIC_API_KEY": "sk-ant"}
+    settings = RunSettings.from_env(env, model="anthropic:claude-haiku-4-5", fallback_models=["openai:gpt-4o-mini"])
+    anthropic, openai = settings.key_for("anthropic"), settings.key_for("openai")
+    assert anthropic is not None and anthropic.get_secret_value() == "sk-ant"
+    assert openai is not None and openai.get_secret_value() == "sk-openai"
+    alone = RunSettings.from_env({"ANTHROPIC_API_KEY": "sk-ant"}, model="anthropic:x", fallback_models=["openai:y"])
+    assert alone.key_for("openai") is None  # no OpenAI key: none is made up from Anthropic's
+    assert "sk-ant" not in repr(alone) and "sk-openai" not in repr(settings)

@@ -1,6 +1,6 @@
 """Cost: a price table (USD per million tokens, per tier, cached input apart) and the run's budget (``--max-cost``).
 
-The built-in table covers common OpenAI models; a JSON or YAML file (``--prices FILE``) adds or
+The built-in table covers common OpenAI and Anthropic models; a JSON or YAML file (``--prices FILE``) adds or
 overrides entries::
 
     {"model": {"input": 2.0, "output": 8.0,          # online, USD per 1M tokens (the two required keys)
@@ -123,7 +123,43 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
 }
 
 
-_SNAPSHOT = re.compile(r"(?P<base>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{4})")
+def _claude(input_: float, output: float, cache_read: float, cache_write: float) -> ModelPrice:
+    """Anthropic's list price (5-minute cache writes); Message Batches halve every kind, cached ones too (the
+    batch discount and the cache prices stack)."""
+    half = TierPrice(
+        input_ * TIER_DISCOUNT, output * TIER_DISCOUNT, cache_read * TIER_DISCOUNT, cache_write * TIER_DISCOUNT
+    )
+    return ModelPrice(input_, output, cached_input=cache_read, cache_write=cache_write, batch=half)
+
+
+# USD per 1M tokens: Anthropic's list prices (platform.claude.com/docs/en/about-claude/pricing): input, output,
+# cache hits, 5-minute cache writes.  The 1-hour cache's writes cost more (2x input): give them with --prices.
+_OPUS_4_5 = _claude(5.00, 25.00, 0.50, 6.25)
+_OPUS_4 = _claude(15.00, 75.00, 1.50, 18.75)
+_SONNET = _claude(3.00, 15.00, 0.30, 3.75)
+_HAIKU_4_5 = _claude(1.00, 5.00, 0.10, 1.25)
+_HAIKU_3_5 = _claude(0.80, 4.00, 0.08, 1.00)
+DEFAULT_PRICES |= {
+    "claude-opus-4-6": _OPUS_4_5,
+    "claude-opus-4-5": _OPUS_4_5,
+    "claude-opus-4-1": _OPUS_4,
+    "claude-opus-4-0": _OPUS_4,
+    "claude-opus-4": _OPUS_4,
+    "claude-sonnet-4-6": _SONNET,
+    "claude-sonnet-4-5": _SONNET,
+    "claude-sonnet-4-0": _SONNET,
+    "claude-sonnet-4": _SONNET,
+    "claude-3-7-sonnet": _SONNET,
+    "claude-3-7-sonnet-latest": _SONNET,
+    "claude-haiku-4-5": _HAIKU_4_5,
+    "claude-3-5-haiku": _HAIKU_3_5,
+    "claude-3-5-haiku-latest": _HAIKU_3_5,
+    "claude-3-haiku": _claude(0.25, 1.25, 0.03, 0.30),
+}
+
+
+_SNAPSHOT = re.compile(r"(?P<base>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})")
+"""OpenAI's dated snapshots (``-2024-07-18``, ``-0125``) and Anthropic's (``-20250929``)."""
 
 MAX_TOKENS = 2**53
 """A token count above this is not one (and would overflow a float product): counted as this many."""
@@ -140,7 +176,7 @@ _CACHE_WRITE_BY_LIFETIME = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tok
 class PriceTable:
     """Model name → ``ModelPrice``.
 
-    The built-in entries are OpenAI's list prices: they hold for OpenAI itself, not for the same
+    The built-in entries are OpenAI's and Anthropic's list prices: they hold at the provider itself, not for the same
     model name on a local or third-party server (a llama.cpp server answering as ``gpt-4o-mini``
     costs nothing like it), so ``load(builtin=False)`` leaves them out and such a model's cost is
     unknown.  Entries from ``--prices`` hold wherever the model is served; an entry replaces the
@@ -161,8 +197,8 @@ class PriceTable:
             return None
         if model in self.prices:
             return self.prices[model]
-        # dated snapshots only (gpt-4o-mini-2024-07-18, gpt-3.5-turbo-0125 → the base name): another
-        # suffix is another model (gpt-4o-realtime-preview is not gpt-4o) and has no price here
+        # dated snapshots only (gpt-4o-mini-2024-07-18, gpt-3.5-turbo-0125, claude-sonnet-4-5-20250929 → the base
+        # name): another suffix is another model (gpt-4o-realtime-preview is not gpt-4o) and has no price here
         snapshot = _SNAPSHOT.fullmatch(model)
         return self.prices.get(snapshot.group("base")) if snapshot else None
 

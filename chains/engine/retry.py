@@ -89,7 +89,20 @@ def _error_code(exc: BaseException) -> str | None:
     if error is None:
         return None
     code = error.get("code") or (body.get("code") if isinstance(body, dict) else None)
-    return str(code) if code else None
+    return str(code) if code else _anthropic_type(body)
+
+
+def _anthropic_type(body: Any) -> str | None:
+    """The error type of Anthropic's envelope ``{"type": "error", "error": {"type": "overloaded_error", ...}}``."""
+    if not isinstance(body, dict) or body.get("type") != "error" or not isinstance(body.get("error"), dict):
+        return None
+    kind = body["error"].get("type")
+    return kind if isinstance(kind, str) and kind else None
+
+
+# Anthropic's error types and their statuses: a stream that fails after its 200 says which in an ``error`` event.
+_ANTHROPIC_STATUS = {"rate_limit_error": 429, "api_error": 500, "overloaded_error": 529, "timeout_error": 504}
+_PROMPT_TOO_LONG = re.compile(r"prompt is too long", re.IGNORECASE)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -134,10 +147,15 @@ def _body_error(exc: BaseException) -> dict[str, Any] | None:
     """
     if isinstance(exc, ValueError) and exc.args and isinstance(exc.args[0], dict):
         return exc.args[0]
-    openai = sys.modules.get("openai")
-    if openai is not None and isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIStatusError):
-        return _error_object(getattr(exc, "body", None))
+    for sdk in _sdks():
+        if isinstance(exc, sdk.APIError) and not isinstance(exc, sdk.APIStatusError):
+            return _error_object(getattr(exc, "body", None))
     return None
+
+
+def _sdks() -> list[Any]:
+    """The provider SDKs already imported (an exception cannot be one of an SDK that is not)."""
+    return [module for name in ("openai", "anthropic") if (module := sys.modules.get(name)) is not None]
 
 
 _TRANSIENT_BODY = re.compile(r"server_error|overloaded|rate_limit|timeout|unavailable|internal|try again", re.I)
@@ -173,7 +191,12 @@ def _classify(exc: BaseException) -> Failure:
     if isinstance(status, int):
         code = _error_code(exc)
         retry_after = parse_retry_after(_headers(exc))
-        text = f"HTTP {status}"
+        anthropic = _anthropic_type(getattr(exc, "body", None))
+        if status < 400 and anthropic in _ANTHROPIC_STATUS:  # an error event in a stream answered 200
+            status = _ANTHROPIC_STATUS[anthropic]
+        text = f"HTTP {status}" + (f" {anthropic}" if anthropic in _ANTHROPIC_STATUS else "")
+        if status == 400 and _PROMPT_TOO_LONG.search(_error_text(exc)):  # Anthropic's context-length refusal
+            code = "context_length_exceeded"
         if code == "context_length_exceeded":
             return Failure(False, text + " context length exceeded", status, None, code)
         if status >= 500 and _REQUEST_INVALID.search(_error_text(exc)):
@@ -192,11 +215,10 @@ def _classify(exc: BaseException) -> Failure:
         return Failure(True, "connection refused", detail=_safe_text(refusal) or type(refusal).__name__)
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return Failure(True, "timed out")
-    openai = sys.modules.get("openai")  # not imported: the error cannot be one of its
-    if openai is not None:  # langchain-openai re-raises these as subclasses (OpenAITimeoutError, ...)
-        if isinstance(exc, openai.APITimeoutError):
+    for sdk in _sdks():  # the LangChain integrations re-raise these as subclasses (OpenAITimeoutError, ...)
+        if isinstance(exc, sdk.APITimeoutError):
             return Failure(True, "timed out")
-        if isinstance(exc, openai.APIConnectionError):
+        if isinstance(exc, sdk.APIConnectionError):
             return Failure(True, f"connection error ({name})")
     if name.endswith("Timeout") or name.endswith("TimeoutError"):  # httpx / httpx2 / other SDKs
         return Failure(True, "timed out")
@@ -230,6 +252,8 @@ def _fix(failure: Failure, timeout: float, base_url: str | None) -> str:
     reason = failure.reason
     if failure.code == "context_length_exceeded":
         return "the prompt is longer than the model's context window; shorten the input or lower --max-tokens"
+    if failure.code == "authentication_error":  # Anthropic's word for a refused key
+        return "the key was refused; check ANTHROPIC_API_KEY"
     if failure.code == "invalid_request" or reason.endswith("request invalid for this server"):
         return (
             "the server cannot do this request and retrying will not help (llama.cpp, for one, rejects "

@@ -28,6 +28,11 @@ def build_inner(spec: ModelSpec, settings: RunSettings, base_url: str | None) ->
             return lean, lean.transport  # type: ignore[attr-defined]
         http = create_http_client(settings)
         return create_openai(spec, settings, http, base_url), http
+    if spec.provider == "anthropic":
+        from chains.providers.anthropic import create_anthropic
+
+        model = create_anthropic(spec, settings, base_url)
+        return model, model.http_pool  # type: ignore[attr-defined]
     return create_other(spec, settings, base_url), None
 
 
@@ -38,7 +43,7 @@ def uses_lean(settings: RunSettings) -> bool:
 
 def require_key(spec: ModelSpec, settings: RunSettings) -> None:
     """OpenAI itself needs a key; a server at ``--base-url`` may not."""
-    if settings.api_key is None and not settings.base_url:
+    if settings.key_for(spec.provider) is None and not settings.base_url:
         raise ModelConfigError(
             f"--model {spec} needs OPENAI_API_KEY; export it, pass --base-url for a local "
             "OpenAI-compatible server, or use --model fake"
@@ -47,7 +52,8 @@ def require_key(spec: ModelSpec, settings: RunSettings) -> None:
 
 def create_openai(spec: ModelSpec, settings: RunSettings, http_client: Any, base_url: str | None) -> BaseChatModel:
     require_key(spec, settings)
-    key = settings.api_key.get_secret_value() if settings.api_key is not None else "not-needed"
+    secret = settings.key_for(spec.provider)
+    key = secret.get_secret_value() if secret is not None else "not-needed"
     if uses_lean(settings):  # chains/providers/lean: no openai / langchain_openai import at all
         from pydantic import SecretStr
 
@@ -112,6 +118,10 @@ def compatible_chat_openai() -> type[BaseChatModel]:
 
 
 def create_other(spec: ModelSpec, settings: RunSettings, base_url: str | None = None) -> BaseChatModel:
+    if spec.provider == "anthropic":
+        from chains.providers.anthropic import create_anthropic
+
+        return create_anthropic(spec, settings, base_url)
     integration = "langchain-" + spec.provider.replace("_", "-")
     try:
         from langchain.chat_models import init_chat_model

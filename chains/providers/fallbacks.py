@@ -2,8 +2,9 @@
 
 ``--fallback-model PROVIDER:MODEL`` (repeatable, in order) builds one more ``ManagedChatModel`` per model, each with
 its own retries and prices, sharing the run's limits; ``ManagedChatModel.fallback`` points at the next.  Worth
-another model: the context is too long for this one, a content filter refused, the model does not exist (404),
-its retries were spent on 429s, 5xx or connection failures.  Never: a request refused for itself or for its key
+another model: the context is too long for this one (OpenAI's ``context_length_exceeded``, Anthropic's "prompt is
+too long"), a content filter refused, the model does not exist (404), its retries were spent on 429s, 5xx or
+connection failures.  Never: a request refused for itself or for its key
 (other 400s, 401, 403, 422), which any model would refuse too.  The record says which model answered
 (``metrics.model``) and why the earlier ones did not (``metrics.fallbacks``); the resume key stays the input's.
 """
@@ -27,9 +28,12 @@ def fallback_reason(exc: ProviderError) -> str | None:
     """Why another model may answer where this one did not; None: it would be refused the same way."""
     cause = exc.__cause__ if isinstance(exc.__cause__, BaseException) else exc
     failure = classify(cause)
-    code = failure.code or ""
-    if code in _OTHER_MODEL_CODES or "context length" in str(exc).lower():
-        return code or "context length exceeded"
+    text = str(exc).lower()  # a batch row's error names its code only in its words
+    code = failure.code or next((c for c in sorted(_OTHER_MODEL_CODES) if c in text), "")
+    if code in _OTHER_MODEL_CODES:
+        return code
+    if "context length" in text or "prompt is too long" in text:
+        return "context_length_exceeded"
     status = exc.status
     if status == 404:
         return "model not found"

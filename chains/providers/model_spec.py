@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from chains.engine.resume import OPENAI_ENDPOINT, normalise_endpoint
 from chains.errors import ModelConfigError
@@ -64,5 +65,8 @@ def is_openai_endpoint(base_url: str | None) -> bool:
 
 
 def builtin_prices_apply(spec: ModelSpec, base_url: str | None) -> bool:
-    """The built-in (OpenAI list) prices are the cost of OpenAI models at OpenAI, and of the offline model."""
+    """The built-in (list) prices are the cost of OpenAI's and Anthropic's models at the provider itself, and of
+    the offline model; elsewhere (a compatible server, a proxy) the price is whatever ``--prices`` says."""
+    if spec.provider == "anthropic":
+        return not base_url or (urlsplit(base_url).hostname or "").lower() == "api.anthropic.com"
     return spec.provider == FAKE_MODEL or (spec.provider == "openai" and is_openai_endpoint(base_url))

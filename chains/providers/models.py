@@ -55,7 +55,7 @@ def _require_price(spec: ModelSpec, prices: PriceTable, settings: RunSettings) -
         return
     where = f" at {settings.base_url}" if settings.base_url else ""
     raise ModelConfigError(
-        f"--max-cost needs a price for {spec.name}{where} (the built-in prices are OpenAI's, at OpenAI); "
+        f"--max-cost needs a price for {spec.name}{where} (the built-in prices are OpenAI's and Anthropic's, at the provider); "
         f'add it with --prices FILE: {{"{spec.name}": {{"input": USD, "output": USD}}}} per 1M tokens'
     )
 
@@ -74,12 +74,16 @@ def _check_provider(spec: ModelSpec, settings: RunSettings) -> None:
 
 
 def _check_tier(spec: ModelSpec, settings: RunSettings) -> None:
+    """The batch tier speaks OpenAI's batch API (files + batches) or Anthropic's Message Batches, to one endpoint;
+    the flex tier is OpenAI's ``service_tier``."""
     if settings.tier == "batch" and len(settings.base_urls) > 1:
         raise ModelConfigError("--tier batch submits to one endpoint: give --base-url once, or use --tier online")
-    """The batch tier speaks OpenAI's batch API (files + batches), and the flex tier is OpenAI's ``service_tier``."""
+    if settings.tier == "batch" and spec.provider in ("openai", "anthropic"):
+        return
     if settings.tier != "online" and spec.provider != "openai":
+        needs = "an OpenAI or Anthropic model" if settings.tier == "batch" else "an OpenAI model"
         raise ModelConfigError(
-            f"--tier {settings.tier} needs an OpenAI model or an OpenAI-compatible server (--model openai:NAME), "
+            f"--tier {settings.tier} needs {needs} or an OpenAI-compatible server (--model openai:NAME), "
             f"not --model {spec}; use --tier online"
         )
 
@@ -158,9 +162,14 @@ class ModelSession:
         from chains.providers.batch.backend import OpenAIBatches
         from chains.providers.batch.collector import BatchCollector
 
+        backend: Any = OpenAIBatches.for_model
+        if self.spec.provider == "anthropic":
+            from chains.providers.batch.anthropic import AnthropicBatches
+
+            backend = AnthropicBatches.for_model
         limits = self.limits
         return BatchCollector(
-            OpenAIBatches.for_model,
+            backend,
             poll_s=self.settings.batch_poll_s,
             max_retries=self.settings.max_retries,
             active=lambda: limits.inputs_in_flight,

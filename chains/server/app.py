@@ -59,9 +59,9 @@ def create_app(
     library = PromptLibrary(settings.prompts_dirs)
     infos = list_chains(library)
     key = api_key if api_key is not None else Environment.read().runner_api_key
-    provider_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
+    provider_keys = [k.get_secret_value() for k in (settings.api_key, *settings.provider_keys.values()) if k]
     metrics = ServerMetrics()
-    service = Service(settings, library, metrics, log_path, [provider_key, key or ""], grace)
+    service = Service(settings, library, metrics, log_path, [*provider_keys, key or ""], grace)
     app = FastAPIOffline(
         title="chain-runner",
         summary="Declarative LangChain chains over HTTP",
