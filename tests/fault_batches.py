@@ -90,7 +90,7 @@ _ANSWERS_AS_ODD = ODD_KINDS - {"endless"}
 _POLL_S = 0.01
 _READ_CHUNK = 64 * 1024
 
-PickFault = Callable[[str, bool], Rule | None]
+PickFault = Callable[[str, bool, str | None], Rule | None]
 Digest = Callable[[list[Any]], tuple[str, int]]
 Length = Callable[[dict[str, Any], Config], tuple[int, str]]
 
@@ -792,7 +792,8 @@ class Batches:
         server's own fault rules decide, as for an online request."""
         key, prompt_tokens = self._digest(row.body["messages"])
         if rule is None:
-            rule = self._pick_fault(key, False)
+            model = row.body.get("model")
+            rule = self._pick_fault(key, False, model if isinstance(model, str) else None)
         cfg = self._config()
         n, finish_reason = self._length(row.body, cfg)
         entry: dict[str, Any] = {"key": key, "stream": False, "prompt_tokens": prompt_tokens, "completion_tokens": 0}

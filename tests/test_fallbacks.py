@@ -82,3 +82,21 @@ def test_a_bad_fallback_model_is_one_line(texts: Path, fault_server: FaultServer
     args[args.index("openai:big-model")] = "big model"
     run = cli(*args, cwd=texts)
     assert run.returncode == 2 and "is not PROVIDER:MODEL" in one_error_line(run.stderr)
+
+
+def test_in_the_batch_tier_a_row_that_fails_for_good_falls_back_online(texts: Path, fault_server: FaultServer) -> None:
+    """A batch row refused as too long for its model is answered by the fallback model, sent online (a fallback is
+    for the few inputs that failed: another batch stage would add hours for them)."""
+    fault_server.configure_batches(validating_s=0.02, in_progress_s=0.05, finalizing_s=0.02)
+    fault_server.add_fault("context_length", match="first", model="small-model")
+    run = cli(*_run(fault_server, "--tier", "batch", "--batch-poll", "0.05"), cwd=texts)
+    assert run.returncode == 0, run.stderr
+    by_text = {r["input"]["text"]: r["metrics"] for r in records(texts / "out.jsonl")}
+    first, second = by_text["first text"], by_text["second text"]
+    assert first["model"] == "openai:big-model" and first["tier"] == "online"
+    assert first["fallbacks"][0]["reason"] == "context_length_exceeded"
+    assert second["model"] == "openai:small-model" and second["tier"] == "batch"
+    assert [b["rows"] for b in fault_server.stats()["batches"]["created"]] == [2]
+    assert _models_asked(fault_server) == ["big-model"]  # the one online request: the fallback's
+    summary = json.loads((texts / "m.json").read_text())
+    assert summary["cost_usd"] == pytest.approx(first["cost_usd"] + second["cost_usd"])

@@ -206,20 +206,23 @@ class ManagedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         params = self._params(kwargs)
-        if self.batches is not None:
-            from chains.providers.batch.requests import batched
-
-            result = await batched(self, messages, self._stop(stop), params)
-            accounting.account(self, messages, result, "batch")
-            return result
         try:
+            if self.batches is not None:
+                return await self._batched(messages, stop, params)
             return await self._online(messages, stop, run_manager, params)
-        except ProviderError as exc:
+        except ProviderError as exc:  # a fallback of the batch tier is sent online: it is for the few that failed
             reason = fallback_reason(exc) if self.fallback is not None else None
             if self.fallback is None or reason is None:
                 raise
             note_fallback(self.label, exc, reason, self.fallback.label)
             return await self.fallback._agenerate(messages, stop, run_manager, **kwargs)
+
+    async def _batched(self, messages: list[BaseMessage], stop: list[str] | None, params: dict[str, Any]) -> ChatResult:
+        from chains.providers.batch.requests import batched
+
+        result = await batched(self, messages, self._stop(stop), params)
+        accounting.account(self, messages, result, "batch")
+        return result
 
     async def _online(
         self,
