@@ -148,3 +148,31 @@ async def test_a_refused_answer_that_was_not_shown_announces_no_discard() -> Non
     await handler.on_llm_end(LLMResult(generations=[]), run_id=shown)
     await handler.on_custom_event(DISCARD_EVENT, {"text": BAD}, run_id=uuid4())
     assert out.getvalue() == BAD + "\n" and "the text above is discarded" in err.getvalue()
+
+
+async def test_a_json_step_in_the_middle_of_a_chain_is_repaired_before_the_next_step_runs(
+    fault_server: FaultServer,
+) -> None:
+    """keywords (JSON, repaired) → a text step written from its parsed output: the next step sees the valid value."""
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.runnables import RunnableLambda, RunnablePassthrough
+
+    from chains import ModelSession, RunSettings, run_batch
+    from chains.spec.definitions import compile_spec
+    from chains.spec.prompts_library import default_library
+
+    fault_server.add_fault("reply", match="sunny", times=1, message=BAD)
+    fault_server.add_fault("reply", match="answer was not accepted", message=GOOD)
+    settings = RunSettings(model="openai:test-model", base_url=fault_server.base_url)
+    async with ModelSession(settings) as session:
+        keywords = compile_spec(default_library().spec("keywords"), session.model)
+        write = ChatPromptTemplate.from_messages([("human", "Write a line with mood {mood}.")])
+        mood = RunnableLambda(lambda value: {"mood": value["kw"]["sentiment"]})
+        chain = RunnablePassthrough.assign(kw=keywords) | mood | write | session.model | StrOutputParser()
+        [record] = [r async for r in run_batch(chain, [{"text": "a sunny day"}], settings=settings)]
+    assert record.error is None, record.error
+    assert record.output.startswith("echo: Write a line with mood positive.")
+    assert record.metrics.repairs == 1 and record.metrics.model_calls == 3
+    asked = _asked(fault_server)
+    assert len(asked) == 3 and "'happy' is not one of" in asked[1] and "mood positive" in asked[2]
