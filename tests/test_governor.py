@@ -13,6 +13,7 @@ import pytest
 from chains.errors import BudgetExceededError
 from chains.scale.governor import Ask, Governor, Report
 from chains.scale.leased_limits import LeasedLimits
+from chains.scale.server_limits import Heard
 
 
 def _worker(governor: Governor, name: str, **kw: Any) -> LeasedLimits:
@@ -133,3 +134,83 @@ async def test_a_worker_that_holds_every_slot_shares_them_when_another_waits() -
     for w in (busy, late):
         await w.aclose()
     assert governor.held == 0
+
+
+# ---------------------------------------------------------------------------------------------- the server's word
+
+
+RATE = Ask(requests=8, tokens=80, min_tokens=10)
+
+
+async def test_a_used_up_server_limit_stops_rate_credit_for_every_worker_until_its_reset() -> None:
+    now = [100.0]
+    governor = Governor(8, clock=lambda: now[0])
+    held = await governor.lease("a", RATE, Report(heard=(Heard("requests", 0, 2.0),)))
+    assert held.requests == 0 and held.retry_in == pytest.approx(2.0) and held.meter_s > 0
+    assert (await governor.lease("b", RATE)).requests == 0  # the other worker too: the word is the run's
+    now[0] = 101.9
+    assert (await governor.lease("b", RATE)).retry_in == pytest.approx(0.1)
+    now[0] = 102.0  # the reset: one request goes, and its answer brings the server's next word
+    assert (await governor.lease("b", RATE)).requests == 1
+    assert (await governor.lease("a", RATE)).requests == 0  # one probe at a time
+    now[0] = 102.1
+    word = Heard("requests", 5, 30.0)  # said with the probe's answer, which the server had counted
+    assert (await governor.lease("b", Ask(), Report(heard=(word,)))).requests == 0
+    first = await governor.lease("a", RATE)
+    second = await governor.lease("b", RATE)
+    assert first.requests + second.requests == 4  # 5 remain, less the probe's credit (not reported spent)
+    assert (await governor.lease("a", RATE)).retry_in == pytest.approx(30.0)
+    assert governor.stats()["server_holds"] >= 4
+
+
+async def test_the_newest_word_wins_and_an_older_one_is_ignored() -> None:
+    now = [0.0]
+    governor = Governor(8, clock=lambda: now[0], credit_s=0.1)
+    await governor.lease("a", Ask(), Report(heard=(Heard("requests", 2, 10.0, age_s=0.0),)))
+    await governor.lease("b", Ask(), Report(heard=(Heard("requests", 50, 10.0, age_s=0.5),)))  # said before
+    assert (await governor.lease("a", RATE)).requests == 2
+    now[0] = 1.0
+    await governor.lease("b", Ask(), Report(heard=(Heard("requests", 6, 10.0, age_s=0.5),)))  # newer: at 0.5
+    assert (await governor.lease("a", RATE)).requests == 6  # the credit granted at 0 is void by now
+
+
+async def test_a_token_word_holds_requests_larger_than_what_remains() -> None:
+    now = [0.0]
+    governor = Governor(8, clock=lambda: now[0])
+    await governor.lease("a", Ask(), Report(heard=(Heard("tokens", 25, 1.0),)))
+    assert (await governor.lease("a", RATE)).tokens == 25  # what remains of the 80 asked for, not a token more
+    held = await governor.lease("a", RATE)
+    assert held.requests == 0 and held.retry_in == pytest.approx(1.0)
+    now[0] = 1.0
+    probe = await governor.lease("a", RATE)
+    assert (probe.requests, probe.tokens) == (1, 10)
+
+
+async def test_response_headers_hold_every_worker_to_what_the_server_says_remains() -> None:
+    governor = Governor(8, credit_s=0.05)
+    workers = [_worker(governor, f"w{i}") for i in range(2)]  # no --rpm: the server's headers are the only limit
+    limit = 5
+    sent: list[float] = []
+
+    def headers() -> dict[str, str]:
+        return {"x-ratelimit-remaining-requests": str(max(0, limit - len(sent))), "x-ratelimit-reset-requests": "0.2s"}
+
+    async def one(limits: LeasedLimits) -> None:
+        async with limits.request(10, None) as booking:
+            sent.append(time.monotonic())
+            await asyncio.sleep(0.005)
+            limits.settle(booking, 10, 5, None)
+            assert limits.rate is not None
+            limits.rate.observe_headers(headers(), 10)  # what accounting.booked does with each answer
+
+    for w in workers:  # each worker's first answer carried the headers
+        assert w.rate is not None
+        w.rate.observe_headers(headers(), 10)
+    await asyncio.wait_for(asyncio.gather(*(one(w) for w in workers for _ in range(5))), timeout=10)
+    sent.sort()
+    assert len(sent) == 10
+    gaps = [b - a for a, b in zip(sent[limit - 1 :], sent[limit:], strict=False)]
+    assert min(gaps) >= 0.15, gaps  # once none remain, one request per reset (its answer says none remain again)
+    assert sent[limit - 1] - sent[0] < 0.15  # what remained was used at once
+    for w in workers:
+        await w.aclose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import os
 import signal
 import socket
@@ -62,7 +63,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             patch.setenv(name, value)
         import ray
 
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
         try:
             yield ray
         finally:
@@ -125,6 +126,9 @@ async def test_story_on_two_workers_gives_the_records_of_one_process(ray_cluster
     assert len(workers) == 2 and sum(w["items"] for w in workers) == len(TOPICS)
     assert all(w["items"] > 0 and w["items_per_s"] and w["pid"] != os.getpid() for w in workers)  # both worked
     assert len({w["pid"] for w in workers}) == 2 and run.in_flight == 0
+    phases = [summary["startup_s"], summary["run_s"], summary["shutdown_s"]]
+    assert all(p is not None and p >= 0 for p in phases) and summary["run_s"] > 0  # the wall time, split honestly
+    assert sum(phases) <= summary["wall_s"] + 1e-3 and summary["run_items_per_s"] >= summary["items_per_s"]
 
 
 async def test_skip_and_bad_rows_are_as_in_one_process(ray_cluster: Any) -> None:
@@ -495,3 +499,56 @@ async def test_rpm_and_the_in_flight_cap_hold_across_workers_at_the_server(
     reached = (len(sent) - rpm) / (sent[-1] - sent[0]) / (rpm / window)  # after the first window's burst
     assert reached >= 0.85, reached  # the limit is used, not just respected
     assert {w["worker"] for w in run.summary.per_worker if w["items"]} == {"w0", "w1"}
+
+
+async def test_the_servers_ratelimit_headers_hold_every_worker_without_a_429(
+    ray_cluster: Any, fault_server: FaultServer
+) -> None:
+    window, limit = 2.0, 12  # the server takes 12 requests per 2 s and says so in x-ratelimit-* headers
+    fault_server.configure(rpm_limit=limit, time_scale=window / 60, send_ratelimit_headers=True, latency_ms=20)
+    remote = RunSettings(  # no --rpm: only the server's headers can hold the run to its limit
+        model="openai:m", base_url=fault_server.base_url, max_concurrency=4, max_retries=0, timeout=20
+    )
+    inputs = [{"text": f"headers {i}"} for i in range(30)]
+    run = RayRun("summarize", inputs, settings=remote, workers=2)
+    got = await _records(run)
+    assert len(got) == 30 and all(r.ok for r in got), [r.error for r in got if not r.ok]  # a 429 would fail one
+    stats = fault_server.stats()
+    assert stats["requests"] == 30 and stats["rate_limited"] == 0
+    sent = sorted(entry["t"] for entry in stats["log"])
+    assert sent[-1] - sent[0] >= 2 * window - 0.5  # 30 at 12 per window: the limit was binding for two windows
+    assert run.summary.governor is not None and run.summary.governor["server_holds"] > 0  # the governor held them
+    assert {w["worker"] for w in run.summary.per_worker if w["items"]} == {"w0", "w1"}
+
+
+async def test_a_retry_after_holds_only_its_own_request_not_the_other_workers(
+    ray_cluster: Any, fault_server: FaultServer
+) -> None:
+    hold = 2.0
+    fault_server.configure(latency_ms=30)
+    fault_server.add_fault("429", match="held back", times=1, retry_after=hold)
+    remote = RunSettings(model="openai:m", base_url=fault_server.base_url, max_concurrency=4, max_retries=2, timeout=20)
+    inputs = [{"text": "held back"}] + [{"text": f"goes on {i}"} for i in range(40)]
+    run = RayRun("summarize", inputs, settings=remote, workers=2)
+    got = await _records(run)
+    assert len(got) == 41 and all(r.ok for r in got), [r.error for r in got if not r.ok]
+    log = fault_server.stats()["log"]
+    held = sorted(entry["t"] for entry in log if "held back" in entry["key"])
+    assert len(held) == 2 and held[1] - held[0] >= hold  # the request itself waited what the server asked
+    others = [entry["t"] for entry in log if "held back" not in entry["key"]]
+    assert sum(held[0] < t < held[1] for t in others) >= 30  # meanwhile every worker went on (halved window: 2)
+    assert next(r for r in got if r.input == inputs[0]).metrics.retries == 1
+
+
+async def test_a_slow_input_does_not_hold_back_the_records_of_its_workers_other_inputs(
+    ray_cluster: Any, fault_server: FaultServer
+) -> None:
+    fault_server.add_fault("stall", match="slow one", stall_s=2.0, times=1)
+    remote = RunSettings(model="openai:m", base_url=fault_server.base_url, max_concurrency=4, max_retries=0, timeout=20)
+    inputs = [{"text": "slow one"}] + [{"text": f"quick {i}"} for i in range(20)]
+    arrived: list[tuple[float, str]] = []
+    async for record in RayRun("summarize", inputs, settings=remote, workers=1):
+        assert record.ok, record.error
+        arrived.append((time.monotonic(), record.input["text"]))
+    assert len(arrived) == 21 and arrived[-1][1] == "slow one"
+    assert arrived[-1][0] - arrived[-2][0] >= 1.0  # the others were all back long before: none waited in its chunk

@@ -4,22 +4,59 @@ A sliding window: before each request the limiter reserves one request and an
 estimate of its tokens, waiting until both fit in the last ``window_s``
 seconds; after the response it settles the reservation against the real
 usage.  When the server sends ``x-ratelimit-remaining-*`` headers, the limiter
-pauses before the server would answer 429.
+pauses before the server would answer 429 (``server_words`` reads them; a
+scaled-out run sends them to its governor instead, ``chains.scale``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from chains.engine.headers import parse_reset
 from chains.errors import InputError
 
 log = logging.getLogger("chains.engine.limits")
+
+DEFAULT_RESET_S = 1.0
+"""A limit used up with no (readable) reset header: ask again after this long."""
+
+
+@dataclass(frozen=True)
+class ServerWord:
+    """What one response's ``x-ratelimit-*`` headers say about one of the server's limits."""
+
+    kind: Literal["requests", "tokens"]
+    remaining: float
+    """``x-ratelimit-remaining-*``: a finite number, at least 0."""
+    reset_s: float
+    """``x-ratelimit-reset-*`` in seconds, capped (``parse_reset``); ``DEFAULT_RESET_S`` when absent or unreadable."""
+
+
+def server_words(headers: Mapping[str, Any] | None) -> list[ServerWord]:
+    """The limits a response's headers report (none when it reports none); never raises: header values are
+    outside data, and one that is not a finite number says nothing."""
+    if not headers:
+        return []
+    try:
+        lower = {str(k).lower(): v for k, v in headers.items()}
+    except Exception:  # headers of an unknown kind: nothing said
+        return []
+    words = []
+    kinds: tuple[Literal["requests", "tokens"], ...] = ("requests", "tokens")
+    for kind in kinds:
+        remaining = _number(lower.get(f"x-ratelimit-remaining-{kind}"))
+        if remaining is None or not math.isfinite(remaining):
+            continue
+        reset = parse_reset(lower.get(f"x-ratelimit-reset-{kind}"))
+        words.append(ServerWord(kind, max(0.0, remaining), DEFAULT_RESET_S if reset is None else reset))
+    return words
 
 
 class Reservation:
@@ -131,18 +168,14 @@ class RateLimiter:
         reservation.settled = True
 
     def observe_headers(self, headers: Mapping[str, Any] | None, next_tokens: int = 0) -> None:
-        """Pause before a 429 when the server says a limit is used up."""
-        if not headers:
-            return
-        lower = {str(k).lower(): v for k, v in headers.items()}
-        now = self.clock()
+        """Pause before a 429 when the server says a limit is used up (no request left, or fewer tokens
+        than the next request's estimate) until its reset."""
         pause = 0.0
-        remaining = lower.get("x-ratelimit-remaining-requests")
-        if remaining is not None and _number(remaining) is not None and _number(remaining) <= 0:  # type: ignore[operator]
-            pause = max(pause, parse_reset(lower.get("x-ratelimit-reset-requests")) or 1.0)
-        remaining = lower.get("x-ratelimit-remaining-tokens")
-        if remaining is not None and _number(remaining) is not None and _number(remaining) < max(1, next_tokens):  # type: ignore[operator]
-            pause = max(pause, parse_reset(lower.get("x-ratelimit-reset-tokens")) or 1.0)
+        for word in server_words(headers):
+            used_up = word.remaining <= 0 if word.kind == "requests" else word.remaining < max(1, next_tokens)
+            if used_up:
+                pause = max(pause, word.reset_s)
+        now = self.clock()
         if pause > 0 and now + pause > self.blocked_until:
             log.info("server reports a rate limit used up: pausing new requests for %.2fs", pause)
             self.blocked_until = now + pause

@@ -8,10 +8,13 @@ locally (``chains.scale.leased_limits``).  What a lease may hold, and why the li
   window halves (``throttled``) and new slots are granted only once the held ones fall below it; workers are asked
   to give back what they do not use (``heartbeat``).
 - **Rate credit** (RPM/TPM): requests and tokens are counted in the window at the moment they are granted, and a
-  credit is valid for ``credit_s`` from its arrival at the worker; the governor counts grants over
-  ``window_s + 2 * credit_s``, so as long as a grant reaches its worker within ``credit_s`` (milliseconds through
-  Ray), any ``window_s`` window of *sends* holds at most ``rpm`` requests and ``tpm`` tokens.  A request that used more
-  tokens than its estimate reports the excess (``debt``), counted at once.
+  credit is valid for ``credit_s`` from its arrival at the worker, and never past ``2 * credit_s`` after the worker
+  asked for it (a grant slower than that on its way arrives void); the governor counts grants over
+  ``window_s + 2 * credit_s``, so any ``window_s`` window of *sends* holds at most ``rpm`` requests and ``tpm``
+  tokens.  A request that used more tokens than its estimate reports the excess (``debt``), counted at once.
+- **The server's word** (``x-ratelimit-*``): workers send the newest of what the server's headers said with their
+  next call; no worker gets more rate credit than the server says remains, and none until its reset when nothing
+  remains (``chains.scale.server_limits``).  Rate credit is then asked for every request, ``--rpm`` or not.
 - **Budget** (``--max-cost``): USD credit is reserved when granted; spent and unused credit come back in the next
   call.  Granted + spent never exceeds ``max_cost``; when the rest cannot cover a request, the run's budget is
   exhausted and every worker hears so.
@@ -23,18 +26,29 @@ locally (``chains.scale.leased_limits``).  What a lease may hold, and why the li
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from chains.scale.server_limits import Heard, Room, ServerLimits
 from chains.settings import RunSettings
 
 WANTING_S = 2.0
 """A worker that asked for slots and got none this recently is waiting for its share."""
 USD_EPSILON = 1e-9
 """Float sums of prices: amounts this close are equal."""
+METER_S = 60.0
+"""While the server's words are held, a grant tells the worker to ask rate credit for every request this long."""
+SERVER_CREDIT_S = 0.1
+"""Rate credit is good this long while the server's words are held: a worker asks only for what can go now, and the
+sooner credit that was never spent stops counting against what the server says remains."""
+SENDS_KEPT_S = 2.0
+"""Requests sent on credit are remembered this long; a server's word that took longer to arrive is not taken in (the
+next one will be)."""
 
 
 @dataclass(frozen=True)
@@ -56,11 +70,14 @@ class Grant:
     tokens: int = 0
     usd: float = 0.0
     credit_s: float = 0.0
-    """Rate credit is void this long after the lease was asked for; slots and USD stay until given back."""
+    """Rate credit is good this long from its arrival (at most twice this long from the ask); slots and USD stay until
+    given back."""
     exhausted: bool = False
     """The budget cannot cover the next request: stop admitting inputs."""
     retry_in: float | None = None
     """An empty grant held back by the rate: when its window frees capacity (ask again then, not sooner)."""
+    meter_s: float = 0.0
+    """The server's ``x-ratelimit-*`` words are in force: ask rate credit for every request this long."""
 
 
 @dataclass
@@ -73,6 +90,10 @@ class Report:
     token_debt: int = 0
     throttled: int = 0
     succeeded: int = 0
+    heard: tuple[Heard, ...] = ()
+    """The newest of what the server's headers said, per kind (``chains.scale.server_limits``)."""
+    sent: tuple[tuple[float, int], ...] = ()
+    """(seconds ago, tokens) of each request sent on rate credit since the last call: what the server has seen."""
 
 
 @dataclass
@@ -80,6 +101,9 @@ class _Holder:
     slots: int = 0
     usd: float = 0.0
     seen: float = 0.0
+    credit: tuple[int, int] = (0, 0)
+    """Rate credit (requests, tokens) granted and not yet reported spent."""
+    credit_until: float = 0.0
 
 
 @dataclass
@@ -105,13 +129,18 @@ class Governor:
     _wanting: dict[str, float] = field(default_factory=dict)
     """Workers whose last ask for slots got none, and when."""
     _grants: deque[tuple[float, int, int]] = field(default_factory=deque)
+    _sends: list[tuple[float, int]] = field(default_factory=list)
+    """(when, tokens) of each request sent on rate credit in the last ``SENDS_KEPT_S``, as workers reported them,
+    in the order sent (on the governor's clock)."""
     _requests: int = 0
     _tokens: int = 0
+    server: ServerLimits = field(init=False)
 
     def __post_init__(self) -> None:
         self.window = float(self.max_concurrency)
         if self.credit_s is None:
             self.credit_s = min(1.0, self.window_s / 60)
+        self.server = ServerLimits()
 
     @classmethod
     def for_settings(cls, settings: RunSettings, *, window_s: float = 60.0) -> Governor:
@@ -124,6 +153,8 @@ class Governor:
         worker asks again shortly: a governor that never blocks cannot be deadlocked by a stale ask)."""
         self._take_report(worker, report)
         self._reclaim()
+        if ask.requests:  # a worker that asks for rate credit has voided what was left of its last
+            self._holder(worker).credit = (0, 0)
         grant = self._try_grant(worker, ask)
         if ask.slots:
             if grant is None or not grant.slots:
@@ -132,7 +163,7 @@ class Governor:
                 self._wanting.pop(worker, None)
         if grant is None:
             self.empty += 1
-            return Grant(retry_in=self._rate_frees_in() if ask.requests else None)
+            return Grant(retry_in=self._rate_frees_in(ask) if ask.requests else None, meter_s=self._meter())
         return grant
 
     async def heartbeat(self, worker: str, report: Report | None = None) -> int:
@@ -169,6 +200,7 @@ class Governor:
             "leases": self.leases,
             "empty_leases": self.empty,
             "workers": len(self._holders),
+            **self.server.stats(),
         }
 
     # ------------------------------------------------------------------ inside
@@ -196,6 +228,15 @@ class Governor:
         for _ in range(report.succeeded):
             if self.window < self.max_concurrency:
                 self.window = min(float(self.max_concurrency), self.window + 1.0 / self.window)
+        now = self.clock()
+        for age, tokens in report.sent:
+            bisect.insort(self._sends, (now - age, tokens))
+            holder.credit = (max(0, holder.credit[0] - 1), max(0, holder.credit[1] - tokens))
+        if self._sends and self._sends[0][0] < now - SENDS_KEPT_S:
+            del self._sends[: bisect.bisect_left(self._sends, (now - SENDS_KEPT_S,))]
+        for word in report.heard:
+            if word.age_s < SENDS_KEPT_S:
+                self.server.hear(word, now, self._unseen)
 
     def _try_grant(self, worker: str, ask: Ask) -> Grant | None:
         now = self.clock()
@@ -205,8 +246,16 @@ class Governor:
             return None
         requests = min(ask.requests, self._free_requests())
         tokens = min(ask.tokens, self._free_tokens())
-        if ask.requests and (requests < 1 or tokens < min(ask.min_tokens, self.tpm or ask.min_tokens)):
-            return None
+        room = Room()
+        if ask.requests:
+            need = min(ask.min_tokens, self.tpm or ask.min_tokens)
+            if requests < 1 or tokens < need:
+                return None
+            room = self.server.room(now, ask.min_tokens)
+            requests, tokens = min(requests, room.requests), min(tokens, room.tokens)
+            if requests < 1 or tokens < need:
+                self.server.holds += 1
+                return None
         usd = 0.0
         if self.max_cost is not None and (ask.usd or ask.min_usd):
             free = self.max_cost - self.spent - self.reserved
@@ -222,16 +271,39 @@ class Governor:
         self.held += slots
         self.peak_held = max(self.peak_held, self.held)
         self.reserved += usd
+        credit = min(self._credit(), SERVER_CREDIT_S) if self.server.views else self._credit()
         if requests or tokens:
-            self._count(requests, tokens)
+            self._count(requests, tokens, probe=room.probe)
+            holder.credit, holder.credit_until = (requests, tokens), now + 2 * credit  # the worker's old credit is void
         self.leases += 1
-        return Grant(slots, requests, tokens, usd, self._credit(), self.exhausted)
+        return Grant(slots, requests, tokens, usd, credit, self.exhausted, meter_s=self._meter())
 
-    def _rate_frees_in(self) -> float | None:
-        """Seconds until the oldest grant leaves the window (None: the rate is not what holds the ask back)."""
-        if not self._grants or (self._free_requests() > 0 and self._free_tokens() > 0):
-            return None
-        return max(0.0, self._grants[0][0] + self.window_s + 2 * self._credit() - self.clock())
+    def _rate_frees_in(self, ask: Ask) -> float | None:
+        """Seconds until the run's window or the server's word lets the ask through (None: the rate is not what
+        holds it back)."""
+        now = self.clock()
+        waits = []
+        if self._grants and (self._free_requests() <= 0 or self._free_tokens() <= 0):
+            waits.append(max(0.0, self._grants[0][0] + self.window_s + 2 * self._credit() - now))
+        server = self.server.room(now, ask.min_tokens).frees_in
+        if server is not None:
+            waits.append(server)
+        return max(waits) if waits else None
+
+    def _meter(self) -> float:
+        return METER_S if self.server.views else 0.0
+
+    def _unseen(self, t: float) -> tuple[int, int]:
+        """Requests and tokens a server that spoke at ``t`` had not seen: sent after ``t`` (as reported), or on
+        credit that no worker has reported spent yet (it may be spent any moment)."""
+        now = self.clock()
+        later = self._sends[bisect.bisect_right(self._sends, (t, math.inf)) :]
+        requests, tokens = len(later), sum(n for _, n in later)
+        for holder in self._holders.values():
+            if now < holder.credit_until:
+                requests += holder.credit[0]
+                tokens += holder.credit[1]
+        return requests, tokens
 
     def _others_waiting(self, worker: str, now: float) -> int:
         return sum(1 for w, t in self._wanting.items() if w != worker and now - t < WANTING_S)
@@ -249,10 +321,12 @@ class Governor:
         assert self.credit_s is not None
         return self.credit_s
 
-    def _count(self, requests: int, tokens: int) -> None:
-        self._grants.append((self.clock(), requests, tokens))
+    def _count(self, requests: int, tokens: int, *, probe: bool = False) -> None:
+        now = self.clock()
+        self._grants.append((now, requests, tokens))
         self._requests += requests
         self._tokens += tokens
+        self.server.granted(requests, tokens, now, probe=probe)
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window_s - 2 * self._credit()

@@ -3,22 +3,26 @@
 ``ManagedChatModel`` books every request through ``Limits.request`` / ``Limits.settle`` as in one process; here
 those spend what the worker holds (slots, rate credit, USD credit) and lease more from the governor only when it
 runs out, so a steady stream of requests makes one governor call per slice, not per request.  What is owed or
-given back (spent USD, tokens beyond an estimate, 429s and successes for the AIMD window, idle slots) rides on the
-next lease or on the heartbeat that also keeps the lease alive (``chains.scale.governor``).
+given back (spent USD, tokens beyond an estimate, 429s and successes for the AIMD window, idle slots, what the
+server's ``x-ratelimit-*`` headers said) rides on the next lease or on the heartbeat that also keeps the lease alive
+(``chains.scale.governor``).  Once the server's headers speak of its limits, every request needs rate credit from the
+governor (``--rpm`` or not), which grants no more than the server says remains (``chains.scale.server_limits``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from chains.engine.limits import Booking, ConcurrencyLimit, Limits
 from chains.engine.pricing import Budget, PriceTable
+from chains.engine.ratelimit import RateLimiter, ServerWord, server_words
 from chains.errors import BudgetExceededError
-from chains.scale.governor import Ask, Grant, Report
+from chains.scale.governor import METER_S, Ask, Grant, Report
+from chains.scale.server_limits import Heard
 
 GovernorCall = Callable[..., Awaitable[Any]]
 """``call("lease", worker, ask, report)``: a governor method, through Ray or directly (tests)."""
@@ -28,10 +32,13 @@ HEARTBEAT_S = 1.0
 USD_EPSILON = 1e-9
 """Float sums of prices: a credit this close to a request's cost covers it."""
 IDLE_S = 0.05
+"""A free slot unused this long goes back to the governor for other workers."""
 POLL_S = 0.01
 MAX_POLL_S = 0.2
 """A lease that found nothing free is asked again after these growing pauses (the governor never blocks)."""
-"""A free slot unused this long goes back to the governor for other workers."""
+TIGHT = 4 * SLICE
+"""A server word of fewer requests left than this (or tokens for this many requests) goes to the governor within
+``IDLE_S``, not with the next lease: other workers may hold credit for more."""
 
 
 class _Counting(ConcurrencyLimit):
@@ -46,6 +53,20 @@ class _Counting(ConcurrencyLimit):
 
     def succeeded(self) -> None:
         self.owner.report.succeeded += 1
+
+
+class _Relay(RateLimiter):
+    """The worker's ``Limits.rate``: no window of its own (the governor holds the run's); what a response's
+    ``x-ratelimit-*`` headers say goes to the governor (``LeasedLimits.heard``)."""
+
+    def __init__(self, owner: LeasedLimits) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def observe_headers(self, headers: Mapping[str, Any] | None, next_tokens: int = 0) -> None:
+        words = server_words(headers)
+        if words:
+            self.owner.heard(words, next_tokens)
 
 
 class _Leased(Booking):
@@ -69,10 +90,13 @@ class LeasedLimits(Limits):
     ) -> None:
         super().__init__(concurrency=ConcurrencyLimit(max_concurrency), prices=prices or PriceTable())
         self.concurrency = _Counting(self, max_concurrency)
+        self.rate = _Relay(self)
         self.budget = Budget(max_cost) if max_cost is not None else None
         self.call = call
         self.worker = worker
         self.rate_limited = rate
+        self.metered_until = 0.0
+        """Every request asks rate credit until then (the server's headers speak of its limits)."""
         self.report = Report()
         self.free_slots = 0
         self.held_slots = 0
@@ -90,10 +114,32 @@ class LeasedLimits(Limits):
         self._want_usd = 0.0
         self._changed: asyncio.Event | None = None
         self._heart: asyncio.Task[None] | None = None
+        self._words: dict[str, tuple[float, ServerWord]] = {}
+        self._urgent = False
+        self._sent: list[tuple[float, int]] = []
+        """(when, tokens) of each request sent on rate credit since the last report."""
 
     @property
     def waiting(self) -> int:
         return self.waiters
+
+    def heard(self, words: list[ServerWord], next_tokens: int) -> None:
+        """A response's ``x-ratelimit-*`` words: kept for the governor (the newest of each kind), and this worker's
+        own credit cut to what the server says remains, at once."""
+        now = time.monotonic()
+        self.metered_until = max(self.metered_until, now + METER_S)
+        for word in words:
+            self._words[word.kind] = (now, word)
+            need = 1 if word.kind == "requests" else max(1, next_tokens)
+            if word.kind == "requests":
+                self.requests = min(self.requests, int(word.remaining))
+            else:
+                self.tokens = min(self.tokens, int(word.remaining))
+            if word.remaining < need * TIGHT:
+                self._urgent = True
+
+    def _metered(self) -> bool:
+        return self.rate_limited or time.monotonic() < self.metered_until
 
     @asynccontextmanager
     async def request(self, tokens: int, cost: float | None) -> AsyncIterator[Booking]:
@@ -147,16 +193,19 @@ class LeasedLimits(Limits):
         while True:
             if self.budget is not None and self.budget.exhausted:
                 raise self._exhausted(usd)
-            if time.monotonic() >= self.credit_until:
+            now = time.monotonic()
+            if now >= self.credit_until:
                 self.requests = self.tokens = 0  # rate credit is void once its time is up
+            metered = self.rate_limited or now < self.metered_until
             has_slot = self.free_slots >= 1
-            has_rate = not self.rate_limited or (self.requests >= 1 and self.tokens >= tokens)
+            has_rate = not metered or (self.requests >= 1 and self.tokens >= tokens)
             has_usd = self.budget is None or self.usd >= usd - USD_EPSILON
             if has_slot and has_rate and has_usd:
                 self.free_slots -= 1
-                if self.rate_limited:
+                if metered:
                     self.requests -= 1
                     self.tokens -= tokens
+                    self._sent.append((now, tokens))
                 if self.budget is not None:
                     self.usd -= usd
                     booking.cost = usd
@@ -183,7 +232,7 @@ class LeasedLimits(Limits):
             self.requests = self.tokens = 0
         tokens, usd = self._want_tokens, self._want_usd
         slot = self.free_slots < 1
-        rate = self.rate_limited and (self.requests < 1 or self.tokens < tokens)
+        rate = self._metered() and (self.requests < 1 or self.tokens < tokens)
         budget = self.budget is not None and self.usd < usd - USD_EPSILON
         if self.waiters == 0 or not (slot or rate or budget):
             return None
@@ -204,15 +253,21 @@ class LeasedLimits(Limits):
         try:
             while (ask := self._ask()) is not None:
                 report = self._take_report()
+                if ask.requests:  # what is left of the old credit is void: the governor counts only the new one
+                    self.requests = self.tokens = 0
                 if ask.min_usd and self.usd > 0:  # a remainder too small for the request goes back, granted whole
                     report.usd_unused, self.usd = self.usd, 0.0
+                asked = time.monotonic()
                 grant: Grant = await self.call("lease", self.worker, ask, report)
                 self.leases += 1
                 self.free_slots += grant.slots
                 self.held_slots += grant.slots
                 if grant.requests or grant.tokens:
                     self.requests, self.tokens = grant.requests, grant.tokens
-                    self.credit_until = time.monotonic() + grant.credit_s  # from its arrival: see the governor
+                    # good from its arrival, and never past twice its time from the ask: see the governor
+                    self.credit_until = min(time.monotonic() + grant.credit_s, asked + 2 * grant.credit_s)
+                if grant.meter_s:
+                    self.metered_until = max(self.metered_until, time.monotonic() + grant.meter_s)
                 self.usd += grant.usd
                 if grant.exhausted and self.budget is not None:
                     self.budget.exhausted = True
@@ -232,6 +287,13 @@ class LeasedLimits(Limits):
     def _take_report(self, *, idle: bool = False) -> Report:
         """What is owed, and (when idle) the slots and USD this worker does not use."""
         report, self.report = self.report, Report()
+        now = time.monotonic()
+        if self._words:
+            report.heard = tuple(Heard(w.kind, w.remaining, w.reset_s, now - t) for t, w in self._words.values())
+            self._words, self._urgent = {}, False
+        if self._sent:
+            report.sent = tuple((now - t, tokens) for t, tokens in self._sent)
+            self._sent = []
         if idle and self.waiters == 0:
             report.slots += self.free_slots  # beside what the heartbeat already queued to give back
             self.held_slots -= self.free_slots
@@ -259,7 +321,7 @@ class LeasedLimits(Limits):
             await asyncio.sleep(IDLE_S)
             now = time.monotonic()
             idle = self.free_slots > 0 and self.waiters == 0 and now - self._last_used >= IDLE_S
-            if not idle and now - last < HEARTBEAT_S and not self.report.slots:
+            if not idle and now - last < HEARTBEAT_S and not self.report.slots and not self._urgent:
                 continue
             last = now
             give_back = await self.call("heartbeat", self.worker, self._take_report(idle=idle))

@@ -1,5 +1,11 @@
-"""The run's worker actors: started, handed inputs (the least loaded first, never more than a window each),
-replaced when one dies, and killed at the end.
+"""The run's worker actors: started, handed inputs (the least loaded first, never more than a window each, in
+chunks), replaced when one dies, and killed at the end.
+
+A Ray call costs about half a millisecond of CPU on each side, as much as a short chain on the offline model, so a
+fast worker gets its inputs in chunks (one call, ``CHUNK`` at most); but a chunk's records come back together, when
+its slowest input is done, and the inputs done before it hold their places in the window meanwhile.  So a chunk is
+as small as keeps a worker near ``CALLS_PER_S`` calls a second: 1 for model calls that take a while (every record
+back as soon as it is done), up to ``CHUNK`` for a worker that finishes hundreds of inputs a second.
 
 Each worker is an async Ray actor (``chains.scale.worker.ChainWorker``) with room for its window of inputs
 plus its own calls; it holds one CPU, so a cluster places at most one worker per CPU.  A dead worker is
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +25,10 @@ from chains.errors import ChainRunnerError, UsageError, one_line
 from chains.scale.throughput import WorkerStats
 from chains.scale.worker import ChainWorker, WorkerSpec
 
+CHUNK = 8
+"""Inputs per Ray call at most."""
+CALLS_PER_S = 50.0
+"""Chunks grow with a worker's rate so that it gets about this many calls a second at most (a few % of a core)."""
 READY_TIMEOUT_S = 120.0
 """How long the run waits for its workers to start and build their chains (a cluster may have to make room)."""
 CLOSE_TIMEOUT_S = 10.0
@@ -78,6 +89,12 @@ class WorkerPool:
         """The least loaded live worker with room for another input, if any."""
         room = [w for w in self.live if w.load < self.window]
         return min(room, key=lambda w: w.load) if room else None
+
+    def room(self, worker: Worker) -> int:
+        """How many inputs to send ``worker`` in its next call: its free places, in a chunk sized by its rate."""
+        rate = worker.stats.items_per_s
+        chunk = 1 if rate is None else math.ceil(rate / CALLS_PER_S)
+        return max(0, min(chunk, CHUNK, max(1, self.window // 2), self.window - worker.load))
 
     def submit(self, worker: Worker, inputs: list[tuple[int, Any]]) -> tuple[asyncio.Future[Any], Any]:
         """Send a chunk of inputs to ``worker``: the future of their records here, and its Ray object ref (to cancel)."""

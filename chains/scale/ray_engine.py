@@ -50,10 +50,6 @@ class WorkerLostError(ChainRunnerError):
     http_status = 503
 
 
-CHUNK = 8
-"""Inputs per Ray call at most: a call costs about a millisecond of CPU on each side, as much as a short chain."""
-
-
 @dataclass(slots=True)
 class _Job:
     index: int
@@ -170,7 +166,9 @@ class RayRun:
             finished = True
         finally:
             self._abandon()
+            closing = time.perf_counter()
             await self._shutdown(pool, graceful=finished)
+            self.summary.shutdown_s = time.perf_counter() - closing
             self.summary.finish()
 
     async def _records(self, pool: WorkerPool) -> AsyncGenerator[Record, None]:
@@ -203,7 +201,7 @@ class RayRun:
         at most a window of them at a time."""
         records: list[Record] = []
         while len(records) < self.window and self._more() and (worker := pool.free()) is not None:
-            room = min(CHUNK, self.window - worker.load)
+            room = pool.room(worker)
             jobs: list[_Job] = []
             while len(jobs) < room and len(records) < self.window and self._more():
                 job = self._retry.popleft() if self._retry else await self._next(source)
@@ -212,6 +210,8 @@ class RayRun:
                 elif job is not None:
                     jobs.append(job)
             if jobs:  # one Ray call for a chunk of inputs: the per-call cost is paid once for all of them
+                if self.summary.first_input is None:
+                    self.summary.first_input = time.perf_counter()
                 future, ref = pool.submit(worker, [(job.index, job.value) for job in jobs])
                 self._pending[future] = _Sent(jobs, worker, ref)
         return records
@@ -274,6 +274,7 @@ class RayRun:
 
     def _record_done(self, record: Record) -> Record:
         self.summary.add(record.index, record.metrics, record.error)
+        self.summary.last_record = time.perf_counter()
         return record
 
     def _abandon(self) -> None:

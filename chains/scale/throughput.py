@@ -1,7 +1,10 @@
 """A scaled-out run's summary: the run's numbers (the sum of its records) plus each worker's share.
 
-``per_worker`` items/s run from a worker's first input to its last record, so Ray's start-up (``startup_s``,
-which the run's ``wall_s`` includes) does not dilute them.
+A run's ``wall_s`` is Ray's start-up (``startup_s``: Ray started or joined, every worker's chain built), the run
+proper (``run_s``: from the first input handed to a worker to the last record back) and the shutdown
+(``shutdown_s``: workers closed, Ray stopped if the run started it), plus the caller's own time between.  Items/s
+are given over both (``items_per_s`` over ``wall_s``, ``run_items_per_s`` over ``run_s``); ``per_worker`` items/s
+run from a worker's first input to its last record.
 
 Items per second per worker say whether the work was spread evenly and whether one node is slow; inputs run
 again (their worker died under them) say what the faults cost.
@@ -74,8 +77,20 @@ class ScaleSummary(RunSummary):
     """Inputs sent again because the worker running them died."""
     startup_s: float | None = None
     """From the run's start until every worker had built its chain (Ray started or joined): part of ``wall_s``."""
+    shutdown_s: float | None = None
+    """From the end of the records until the workers were closed and Ray stopped (if the run started it)."""
+    first_input: float | None = None
+    """When the first input was handed to a worker (``time.perf_counter``)."""
+    last_record: float | None = None
     governor: dict[str, Any] | None = None
     """The governor's own numbers at the end (peak slots held, leases granted), when the run had one."""
+
+    @property
+    def run_s(self) -> float | None:
+        """The run proper: from the first input handed out to the last record back (None: no record came)."""
+        if self.first_input is None or self.last_record is None:
+            return None
+        return max(0.0, self.last_record - self.first_input)
 
     @property
     def per_worker(self) -> list[dict[str, Any]]:
@@ -85,7 +100,11 @@ class ScaleSummary(RunSummary):
         data = super().to_dict()
         data["per_worker"] = self.per_worker
         data["inputs_rerun"] = self.rerun
+        run_s = self.run_s
         data["startup_s"] = None if self.startup_s is None else round(self.startup_s, 4)
+        data["run_s"] = None if run_s is None else round(run_s, 4)
+        data["shutdown_s"] = None if self.shutdown_s is None else round(self.shutdown_s, 4)
+        data["run_items_per_s"] = round(self.done / run_s, 3) if run_s else None
         if self.governor is not None:
             data["governor"] = dict(self.governor)
         return data

@@ -24,8 +24,11 @@ _METRIC_FIELDS = frozenset(f.name for f in dataclasses.fields(ItemMetrics))
 
 
 def to_wire(record: Record) -> Wire:
-    """What the driver needs of a worker's record (the metrics unrounded: the summary sums them)."""
-    return {"output": record.output, "error": record.error, "metrics": dataclasses.asdict(record.metrics)}
+    """What the driver needs of a worker's record (the metrics unrounded: the summary sums them).  A shallow copy of
+    the metrics' fields: the record is pickled right after and never used again here (``dataclasses.asdict`` would
+    deep-copy them first, a few % of a worker's CPU on the offline model)."""
+    metrics = record.metrics
+    return {"output": record.output, "error": record.error, "metrics": {n: getattr(metrics, n) for n in _METRIC_FIELDS}}
 
 
 def from_wire(index: int, value: Any, key: str | None, data: Wire) -> Record:

@@ -8,11 +8,19 @@ plain data (``chains.scale.wire``).
 
 The chain's prompt files are checked against the driver's digest: a node whose ``--prompts-dir`` differs would
 answer with other prompts under the same resume keys.
+
+A worker process holds a large heap for the whole run (Ray, LangChain, pydantic, the chain), and LangChain allocates
+many small containers per model call, so Python's cyclic garbage collector kept walking that heap (about 140,000
+objects): nearly a third of a worker's CPU on the offline model.  ``gc.freeze()`` once the chain is built, and again
+after the first inputs (whose caches also live for the run), leaves it out of every later collection (measured in a
+Ray worker, ``story`` on the offline model: 2.2 → 1.5 ms of CPU per input, the collector's share 0.65 → 0.1 ms).
+The price: cyclic garbage of the inputs in flight at that moment is never collected (a few MB, once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +28,9 @@ from typing import Any
 
 from chains.errors import UsageError
 from chains.settings import RunSettings
+
+FREEZE_AFTER = 64
+"""Inputs after which what the worker has built up so far is frozen out of the garbage collector's walks."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,7 @@ class ChainWorker:
         self._run: Any = None
         self._session: Any = None
         self._lock: asyncio.Lock | None = None
+        self._done = 0
 
     async def info(self) -> dict[str, Any]:
         """The worker's process and node, once its chain is built (a worker that cannot build it fails here)."""
@@ -62,6 +74,9 @@ class ChainWorker:
         run = await self._ready()
         install_limits(run.limits)  # this call's own task context
         record = await run._process(index, value)  # the one in-process path: key, budget, run_one
+        self._done += 1
+        if self._done == FREEZE_AFTER:
+            gc.freeze()
         return to_wire(record)
 
     async def run_many(self, inputs: list[tuple[int, Any]]) -> list[dict[str, Any]]:
@@ -84,6 +99,7 @@ class ChainWorker:
         async with self._lock:
             if self._run is None:
                 self._run = self._build()
+                gc.freeze()  # what lives for the whole run is walked by no later collection (above)
         return self._run
 
     def _build(self) -> Any:
