@@ -125,6 +125,28 @@ async def test_a_429_holds_and_halves_that_endpoint_only(servers: list[FaultServ
     assert windows[0] < 6 and windows[1:] == [6, 6], windows
 
 
+async def test_an_endpoint_whose_headers_say_its_limit_is_used_up_is_held_the_others_go_on(
+    servers: list[FaultServer],
+) -> None:
+    """Several endpoints are often several keys: each one's x-ratelimit-* headers hold that endpoint only, before
+    it would answer 429, and never the run-wide limiter."""
+    limited = servers[0]
+    limited.configure(rpm_limit=3, send_ratelimit_headers=True)  # a 60 s window: used up for the whole run
+    texts = [f"text {i}" for i in range(15)]
+    async with fleet_session([s.base_url for s in servers], max_concurrency=1, rpm=10_000) as (session, chain):
+        recs, summary = await run_texts(session, chain, texts)
+        router = session.endpoints
+        assert router is not None
+        held = router.endpoints[0].held_until - router._clock()
+        run_pause = session.limits.rate.blocked_until if session.limits.rate is not None else None
+    assert all(record.error is None for record in recs.values())
+    stats = limited.stats(include_log=False)
+    assert stats["requests"] == 3 and stats["rate_limited"] == 0 and summary["retries"] == 0
+    assert held > 30  # until the server's reset (its window is a minute)
+    assert run_pause == 0.0  # the run-wide limiter never heard of it
+    assert _requests(servers[1]) + _requests(servers[2]) == len(texts) - 3
+
+
 async def test_an_endpoint_unreachable_at_start_starts_out_and_the_run_goes_on(servers: list[FaultServer]) -> None:
     down = servers[2]
     down.stop()

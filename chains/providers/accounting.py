@@ -59,7 +59,9 @@ async def booked(model: ManagedChatModel, call: Call) -> AsyncIterator[Callable[
             usage = usage_of(model, call.messages, result)
             actual_cost = limits.prices.cost_of_usage(model.token_model, usage, call.tier)
             limits.settle(booking, usage["total_tokens"], usage["output_tokens"], actual_cost)
-            if limits.rate is not None:
+            if call.endpoint is not None and model.endpoints is not None:  # that endpoint's own limits
+                model.endpoints.observe_headers(call.endpoint, response_headers(result), prompt + output)
+            elif limits.rate is not None:
                 limits.rate.observe_headers(response_headers(result), prompt + output)
             if item is not None and actual_cost is not None:
                 item.cost_usd = (item.cost_usd or 0.0) + actual_cost

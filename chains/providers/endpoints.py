@@ -6,7 +6,8 @@ Each attempt of a request goes to the endpoint with the most free capacity now. 
 together; on top of them each endpoint has its own:
 
 - **AIMD window**: a 429 from an endpoint halves its window only (the others keep theirs), and a
-  ``Retry-After`` holds that endpoint, not the run, for as long as it says;
+  ``Retry-After`` holds that endpoint, not the run, for as long as it says, as do its ``x-ratelimit-*`` headers
+  when they say a limit is used up;
 - **health**: an endpoint whose requests fail ``EJECT_AFTER`` times in a row for reasons of the endpoint
   (refused or broken connections, timeouts, 5xx) is taken out for a cooldown (1 s, doubling up to a minute);
   after it one request is let through as a probe: its success brings the endpoint back, its failure takes it
@@ -33,6 +34,7 @@ from langchain_core.language_models import BaseChatModel
 
 from chains.engine.limits import ConcurrencyLimit
 from chains.engine.metrics import current_item, percentile
+from chains.engine.ratelimit import server_words
 from chains.engine.retry import Failure, classify
 from chains.providers.pools import LoopPools
 
@@ -173,6 +175,19 @@ class EndpointRouter:
         endpoint.failures_in_row += 1
         if endpoint.out or endpoint.failures_in_row >= EJECT_AFTER:
             endpoint.take_out(now, failure.reason)
+
+    def observe_headers(self, endpoint: Endpoint, headers: Any, next_tokens: int = 0) -> None:
+        """The endpoint's ``x-ratelimit-*`` headers: a limit used up (no request left, or fewer tokens than the next
+        request's estimate) holds that endpoint until its reset; the others go on.  (Several endpoints are often
+        several keys: each has its own remaining counts, so they never go into the run-wide limiter.)"""
+        hold = 0.0
+        for word in server_words(headers):
+            used_up = word.remaining <= 0 if word.kind == "requests" else word.remaining < max(1, next_tokens)
+            if used_up:
+                hold = max(hold, min(MAX_HOLD_S, word.reset_s))
+        if hold > 0:
+            endpoint.held_until = max(endpoint.held_until, self._clock() + hold)
+            log.info("endpoint %s reports a rate limit used up: holding it for %.2fs", endpoint.url, hold)
 
     def mark_unreachable(self, endpoint: Endpoint, why: str) -> None:
         """An endpoint that did not answer the start-up probe starts out (and is probed back in by a request)."""
