@@ -182,6 +182,10 @@ def _worker_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     ]  # fmt: skip
     if summary.get("startup_s") is not None:
         rows.append(("Ray start-up", _fmt(summary["startup_s"], " s")))
+    if summary.get("run_s") is not None:
+        rows.append(("run (first input to last record)", _fmt(summary["run_s"], " s")))
+    if summary.get("shutdown_s") is not None:
+        rows.append(("Ray shutdown", _fmt(summary["shutdown_s"], " s")))
     if summary.get("inputs_rerun"):
         rows.append(("inputs run again (worker died)", _fmt(summary["inputs_rerun"])))
     return rows
