@@ -26,6 +26,12 @@ whoever showed its tokens live (``TokenStreamHandler``) reports them discarded, 
 
 INTERMEDIATE = "chain-runner:intermediate"
 
+MODEL_EVENTS = "model events"
+"""A handler's ``watches``: it needs only the model run's events (new tokens, retries, its end or error), so
+``run_batch``'s compiled path (``chains.engine.compiled``) may run the chain without its other runs."""
+TOP_CHAIN = "top-level chain"
+"""A handler's ``watches``: it needs only the start and end of each input's top-level chain (sync, inline)."""
+
 TokenSink = Callable[[UUID, str], Awaitable[None] | None]
 DiscardSink = Callable[[UUID, str], Awaitable[None] | None]
 
@@ -38,6 +44,23 @@ class MetricsHandler(AsyncCallbackHandler):
     """Fills one input's ``ItemMetrics``: time to first token and usage from each final answer."""
 
     run_inline = True
+    watches = MODEL_EVENTS
+
+    @property
+    def ignore_chain(self) -> bool:  # model events only: no call per chain step
+        return True
+
+    @property
+    def ignore_retriever(self) -> bool:
+        return True
+
+    @property
+    def ignore_agent(self) -> bool:
+        return True
+
+    @property
+    def ignore_custom_event(self) -> bool:
+        return True
 
     def __init__(self, item: ItemMetrics, started: float | None = None) -> None:
         self.item = item
@@ -80,6 +103,19 @@ class TokenStreamHandler(AsyncCallbackHandler):
     """
 
     run_inline = True
+    watches = MODEL_EVENTS  # and the discard event, which only schema repair (never a compiled chain) sends
+
+    @property
+    def ignore_chain(self) -> bool:  # model events and the custom discard event only
+        return True
+
+    @property
+    def ignore_retriever(self) -> bool:
+        return True
+
+    @property
+    def ignore_agent(self) -> bool:
+        return True
 
     def __init__(self, on_token: TokenSink, on_discard: DiscardSink | None = None) -> None:
         self.on_token = on_token

@@ -1,16 +1,14 @@
 """The one library API the CLI, the server and notebooks call.
 
-``run_batch(chain, inputs, ...)`` runs a chain over any number of inputs and
-yields one ``Record`` per input as each finishes; ``stream_one(chain, input)``
-streams one input's tokens and ends with its record.  Both are async and run
-inside an already-running event loop (a notebook cell: ``async for ...``).
+``run_batch(chain, inputs, ...)`` runs a chain over any number of inputs and yields one ``Record`` per input as
+each finishes; ``stream_one(chain, input)`` streams one input's tokens and ends with its record.  Both are async
+and run inside an already-running event loop (a notebook cell: ``async for ...``).
 
-Why not ``Runnable.abatch_as_completed``: it creates one task per input up
-front, so 100,000 inputs mean 100,000 coroutines and their configs in memory.
-Here a pool of ``max_concurrency`` workers pulls inputs lazily; each worker
-calls the chain's own ``ainvoke`` with a per-input ``RunnableConfig``
-(its ``max_concurrency`` still bounds the chain's internal fan-out), and the
-run's ``Limits`` bound the model requests in flight across all of them.
+Why not ``Runnable.abatch_as_completed``: it creates one task per input up front, so 100,000 inputs mean 100,000
+coroutines and their configs in memory.  Here a pool of ``max_concurrency`` workers pulls inputs lazily; each
+worker calls the chain's own ``ainvoke`` with a per-input ``RunnableConfig`` (its ``max_concurrency`` still bounds
+the chain's internal fan-out), or, for a ``prompt | model | parser`` nobody else watches, its compiled path
+(``chains.engine.compiled``); the run's ``Limits`` bound the model requests in flight across all of them.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import Runnable
 
 from chains.engine.callbacks import MetricsHandler, TokenStreamHandler
+from chains.engine.compiled import invoker
 from chains.engine.limits import Limits, install_limits
 from chains.engine.metrics import ItemMetrics, ItemStatus, RunSummary, set_current_item, set_current_key
 from chains.engine.shard import Shard, as_shard
@@ -167,6 +166,7 @@ class BatchRun:
         self.start_index = start_index
         self.summary = RunSummary()
         self.in_flight = 0
+        self.invoke = invoker(chain)  # the chain's ainvoke, or its compiled path (nobody else watches its steps)
 
     async def run_one(self, index: int, value: Any, extra: Sequence[BaseCallbackHandler] = ()) -> Record:
         """Run one input to its record; failures become error records, never exceptions."""
@@ -181,7 +181,7 @@ class BatchRun:
             metadata={"chain_runner_index": index},
         )
         try:
-            output = await self.chain.ainvoke(value, config)
+            output = await self.invoke(value, config)
         except asyncio.CancelledError:
             item.status = "cancelled"
             raise
@@ -314,13 +314,11 @@ def run_batch(
 ) -> BatchRun:
     """Run ``chain`` over ``inputs``; ``async for record in run_batch(...)``.
 
-    Inputs are read lazily.  At most ``max_concurrency`` inputs run at once and,
-    through the run's ``Limits``, at most that many model requests are in
-    flight however the chain fans out.  An input that is an exception (e.g. a
-    bad row from a reader) becomes an error record without running.  With
-    ``key``, each record carries its input's key and inputs whose key is in
-    ``skip`` (already done) are skipped without a request.  Once the run's
-    budget is exhausted, the remaining inputs get "not run" records.
+    Inputs are read lazily.  At most ``max_concurrency`` inputs run at once and, through the run's ``Limits``, at
+    most that many model requests are in flight however the chain fans out.  An input that is an exception (e.g. a
+    bad row from a reader) becomes an error record without running.  With ``key``, each record carries its input's
+    key and inputs whose key is in ``skip`` (already done) are skipped without a request.  Once the run's budget is
+    exhausted, the remaining inputs get "not run" records.
 
     ``shard=(I, N)`` (needs ``key``) runs only the inputs whose key hashes to shard I of N
     (``chains.engine.shard``), so N runs with their own outputs cover every input once; the others are read

@@ -31,6 +31,7 @@ from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 
+from chains.engine.callbacks import TOP_CHAIN
 from chains.engine.metrics import ItemMetrics, RunSummary, current_item
 
 INTERRUPTED = "interrupted"
@@ -176,6 +177,7 @@ class _Tracker(BaseCallbackHandler):
     """
 
     run_inline = True
+    watches = TOP_CHAIN
 
     def __init__(self, stop: RunStop) -> None:
         self.stop = stop

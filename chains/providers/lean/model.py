@@ -145,7 +145,9 @@ class LeanChatOpenAI(BaseChatModel):
         return {"model_name": self.model_name, **self._default_params}
 
     def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
-        return {"model": self.model_name, **super()._get_invocation_params(stop=stop), **self._default_params, **kwargs}
+        """As ``ChatOpenAI``'s (``model``, ``dict()`` with ``stop``, the defaults, the call's), the defaults built once."""
+        defaults, name, kind = self._default_params, self.model_name, self._llm_type
+        return {"model": name, "model_name": name, **defaults, "_type": kind, "stop": stop, **defaults, **kwargs}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = self._get_invocation_params(stop=stop, **kwargs)

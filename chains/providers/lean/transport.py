@@ -170,6 +170,7 @@ class Transport:
             **(headers or {}),
         }
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        self._proxy: tuple[Any, Any] = (None, None)
 
     def _session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -182,15 +183,21 @@ class Transport:
                 connector=connector,
                 timeout=self._timeout,
                 headers=self._headers,
-                trust_env=True,  # the proxy variables, as the SDK's clients read them
+                trust_env=False,  # the proxy is read once (``_proxy``), not in a thread per request
                 auto_decompress=True,
             )
             self._sessions[loop] = session
+            self._proxy = _env_proxy(self.base_url)
         return session
+
+    def _post(self, url: str, body: bytes) -> Any:
+        session = self._session()  # first: a new session reads the proxy
+        proxy, auth = self._proxy
+        return session.post(url, data=body, proxy=proxy, proxy_auth=auth)
 
     async def post(self, path: str, body: bytes) -> tuple[bytes, dict[str, str]]:
         """POST a JSON body; the answer's bytes (at most ``max_body``) and its headers."""
-        async with _failures(), self._session().post(self.base_url + path, data=body) as response:
+        async with _failures(), self._post(self.base_url + path, body) as response:
             if response.status >= 400:
                 raw = await _read(response, MAX_ERROR_BYTES, clip=True)
                 raise status_error(response.status, response.headers, raw)
@@ -199,7 +206,7 @@ class Transport:
     @asynccontextmanager
     async def stream(self, path: str, body: bytes) -> AsyncIterator[tuple[Any, dict[str, str]]]:
         """POST a JSON body asking for a stream; the open response (read it with ``sse.events``) and its headers."""
-        async with _failures(), self._session().post(self.base_url + path, data=body) as response:
+        async with _failures(), self._post(self.base_url + path, body) as response:
             if response.status >= 400:
                 raw = await _read(response, MAX_ERROR_BYTES, clip=True)
                 raise status_error(response.status, response.headers, raw)
@@ -208,7 +215,9 @@ class Transport:
     async def get(self, url: str, *, timeout: float | None = None) -> int:  # noqa: ASYNC109 (httpx's signature)
         """GET ``url`` (``ModelSession.check_reachable``'s probe of ``/models``): the status, whatever it is."""
         probe = aiohttp.ClientTimeout(total=timeout)
-        async with _failures(), self._session().get(url, timeout=probe) as response:
+        session = self._session()
+        proxy, auth = self._proxy
+        async with _failures(), session.get(url, timeout=probe, proxy=proxy, proxy_auth=auth) as response:
             return response.status
 
     async def aclose(self, *, only_here: bool = False) -> None:
@@ -226,6 +235,18 @@ class Transport:
                 await session.close()
             elif loop.is_running():
                 asyncio.run_coroutine_threadsafe(session.close(), loop)
+
+
+def _env_proxy(base_url: str) -> tuple[Any, Any]:
+    """The proxy (and its credentials) the environment names for ``base_url`` (``HTTPS_PROXY``, ``NO_PROXY``, ...),
+    as the SDK's httpx client reads them when it is made; ``(None, None)``: straight to the server."""
+    from aiohttp.helpers import get_env_proxy_for_url
+    from yarl import URL
+
+    try:
+        return get_env_proxy_for_url(URL(base_url))
+    except LookupError:
+        return None, None
 
 
 async def _read(response: Any, limit: int, *, clip: bool = False) -> bytes:
