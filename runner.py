@@ -19,8 +19,9 @@ import math
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from chains.cli.commands import RunOptions
@@ -534,12 +535,45 @@ def _discard_stdout() -> None:
         pass
 
 
+def finish(code: int) -> NoReturn:
+    """End the process with ``code``.
+
+    The command is done: its records are written and their files closed.  What the interpreter would still do
+    (0.3-0.45 s after a long run: freeing ~150k objects one by one) serves nobody, so once logging and stdio are
+    flushed the process ends at once (``os._exit``), unless something still needs the interpreter's exit:
+    LangSmith tracing (its background thread sends the last traces then), Ray, coverage, a thread that is not a
+    daemon, or stdio that cannot be flushed (that error is the interpreter's to report).
+    """
+    if not _needs_exit_handlers():
+        logging.shutdown()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            sys.exit(code)
+        os._exit(code)
+    sys.exit(code)
+
+
+def _needs_exit_handlers() -> bool:
+    if any(name in sys.modules for name in ("ray", "coverage")):
+        return True
+    main_thread = threading.main_thread()
+    if any(t.is_alive() and not t.daemon and t is not main_thread for t in threading.enumerate()):
+        return True
+    if "langsmith" in sys.modules:
+        from langsmith.utils import tracing_is_enabled
+
+        return bool(tracing_is_enabled())
+    return False
+
+
 def main_entry() -> None:
     """The ``chain-runner`` console script."""
     _sigterm_interrupts()
-    sys.exit(main(prog="chain-runner"))
+    finish(main(prog="chain-runner"))
 
 
 if __name__ == "__main__":
     _sigterm_interrupts()
-    sys.exit(main(prog="runner.py"))
+    finish(main(prog="runner.py"))
