@@ -32,7 +32,7 @@ test-all:
 story:
 	$(PYTHON) runner.py story --topics examples/topics.txt
 
-# Benchmarks (benchmarks/README.md): the full suite (about 27 minutes on 2 cores), and the smoke version that
+# Benchmarks (benchmarks/README.md): the full suite (about 30 minutes on 2 cores), and the smoke version that
 # only checks that every scenario and contender still runs (under a minute; never judges speed).
 bench:
 	$(PYTHON) benchmarks/run.py

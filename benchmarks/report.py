@@ -163,6 +163,9 @@ def render_tables(report: dict[str, Any]) -> str:
     scale = report["scenarios"].get("scale")
     if scale:
         lines += scale_tables(scale, quick)
+    wire = report["scenarios"].get("wire")
+    if wire:
+        lines += [f"## 9. {wire['title']}", "", wire["table"], ""]
     if report["failures"]:
         lines += ["## Failed runs", "", *(f"- {f}" for f in report["failures"]), ""]
     return "\n".join(lines)

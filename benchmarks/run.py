@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """chain-runner's benchmark suite: the project against what a user would write by hand.
 
-    python benchmarks/run.py                 # every scenario, 3 repetitions (about 27 minutes)
+    python benchmarks/run.py                 # every scenario, 3 repetitions (about 30 minutes)
     python benchmarks/run.py --quick         # CI smoke: tiny sizes, 1 repetition, every code path
     python benchmarks/run.py --only 3,4      # some scenarios (numbers as in the issue's targets)
+    python benchmarks/run.py --only 9        # issue 16's table: the lean model close to the wire
 
 A mock OpenAI-compatible server (``tests/fault_server.py``) is started on
 127.0.0.1, pinned to core 0 with ``taskset`` when the machine has two cores or
@@ -22,7 +23,8 @@ The pieces: ``processes.py`` (pinning, one measured child, the mock server), ``s
 (what each request scenario is and how it is judged), ``suite.py`` (the state of one run),
 ``throughput.py`` (scenarios 1-4), ``runner_runs.py`` (5 and 6), ``batch_tier.py`` (7: the batch tier
 against online, checked by ``batch_checks.py``), ``scale_out.py`` (8: ``--workers`` on Ray, checked by
-``scale_checks.py``), ``report.py`` (results.json, results.md, results.png); this file parses the
+``scale_checks.py``), ``lean_transport.py`` (9: issue 16's table, the lean model beside raw clients, and the
+CLI's start-up and exit), ``report.py`` (results.json, results.md, results.png); this file parses the
 arguments and runs them in order.
 """
 
@@ -40,6 +42,7 @@ sys.path.insert(0, str(HERE))
 
 import contenders as C  # noqa: E402  (light: no heavy imports at module level)
 from batch_tier import run_batch_tier  # noqa: E402
+from lean_transport import run_wire  # noqa: E402
 from processes import MockServer, Pinning, child_env  # noqa: E402  (profile_contender.py uses them from here)
 from report import machine_info, write_report  # noqa: E402
 from runner_runs import run_cold, run_memory  # noqa: E402
@@ -92,6 +95,8 @@ def run(suite: Suite) -> int:
         run_batch_tier(suite)
     if 8 in suite.only:
         run_scale_out(suite)
+    if 9 in suite.only:
+        run_wire(suite)
     machine["load_end"] = os.getloadavg()
     report = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="CI smoke: tiny sizes, 1 repetition; never judges speed")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions per contender (default 3)")
     parser.add_argument("--out", default=str(HERE / "results"), help="results directory (default benchmarks/results)")
-    parser.add_argument("--only", default="", help="scenario numbers to run, e.g. 1,3 (default: all eight)")
+    parser.add_argument("--only", default="", help="scenario numbers to run, e.g. 1,3 (default: all nine)")
     parser.add_argument("--contenders", default="", help="comma-separated contenders to keep (default: all)")
     parser.add_argument(
         "--memory-topics", type=int, default=100_000, help="topics in the large memory run (default 100,000)"

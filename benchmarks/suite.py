@@ -36,7 +36,7 @@ class Suite:
         self.failures: list[str] = []
         self.results: dict[str, Any] = {}
         self.aiohttp = C.aiohttp_available()
-        self.only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 9))
+        self.only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 10))
 
     # -- helpers
 
