@@ -137,9 +137,9 @@ def _add_run_options(parser: argparse.ArgumentParser, *, file_run: bool = True) 
         "--http-backend",
         choices=["aiohttp", "httpx", "lean"],
         default=None,
-        help="how openai: models talk HTTP: aiohttp (ChatOpenAI on the SDK's aiohttp transport, the default), "
-        "httpx (the SDK's default transport), lean (chain-runner's own client: no SDK, about half the client CPU "
-        "per request and a faster start; see benchmarks/README.md)",
+        help="how openai: models talk HTTP: lean (the default: chain-runner's own client, no OpenAI SDK; about a "
+        "third of ChatOpenAI's client CPU per request and a faster start, see benchmarks/README.md), aiohttp or "
+        "httpx (ChatOpenAI on that SDK transport)",
     )
     model.add_argument("--temperature", type=_non_negative_float, help="override the prompt files' temperature")
     model.add_argument("--max-tokens", type=_positive_int, help="override the prompt files' max_tokens")

@@ -166,9 +166,11 @@ class RunSettings(BaseModel):
         description="the offline model's pace (--fake-delay): seconds per token, e.g. to watch it stream; "
         "no effect on any other model",
     )
-    http_backend: Literal["aiohttp", "httpx", "lean"] = Field(
-        default="aiohttp",
-        description="transport of the OpenAI client's connection pool; lean: chains/providers/lean, no OpenAI SDK",
+    http_backend: Literal["lean", "aiohttp", "httpx"] = Field(
+        default="lean",
+        description="how openai: models talk HTTP: lean (chains/providers/lean, no OpenAI SDK; the default, chosen by "
+        "benchmarks/ scenario 9 and the standard tests), aiohttp or httpx (ChatOpenAI on that SDK transport); the "
+        "batch tier and Anthropic's models use their SDK (on aiohttp unless httpx is asked for)",
     )
     rpm: float | None = Field(
         default=None, gt=0, allow_inf_nan=False, description="requests per minute, shared by the whole run"

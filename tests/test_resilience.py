@@ -33,6 +33,8 @@ from chains.spec.registry import get_chain
 
 CHUNKS = 4
 STREAM_MODES = [pytest.param(False, id="json"), pytest.param(True, id="sse")]
+BACKENDS = pytest.mark.parametrize("backend", ["lean", "aiohttp"])
+"""The default (lean) and ChatOpenAI on the SDK's aiohttp transport: both are selectable, both are tested."""
 
 ECHO_PROMPT = """\
 name: echo
@@ -68,11 +70,13 @@ async def echo_session(
     max_retries: int = 5,
     timeout: float = 10.0,
     max_concurrency: int = 4,
+    http_backend: str = "lean",
 ) -> AsyncIterator[tuple[ModelSession, Any]]:
     """A session on the fault server with fast backoff, and the ``echo`` chain built on it."""
     settings = RunSettings(
         model="openai:test-model",
         base_url=server.base_url,
+        http_backend=http_backend,  # type: ignore[arg-type]
         max_retries=max_retries,
         timeout=timeout,
         max_concurrency=max_concurrency,
@@ -124,10 +128,13 @@ def describe(record: Record) -> str:
 
 
 @pytest.mark.parametrize("stream", STREAM_MODES)
-async def test_http_path_gives_the_answer_and_the_servers_usage(fault_server: FaultServer, stream: bool) -> None:
+@BACKENDS
+async def test_http_path_gives_the_answer_and_the_servers_usage(
+    fault_server: FaultServer, stream: bool, backend: str
+) -> None:
     fault_server.configure(chunks=CHUNKS)
     texts = ["alpha", "two words", "three short words"]
-    async with echo_session(fault_server, stream=stream) as (session, chain):
+    async with echo_session(fault_server, stream=stream, http_backend=backend) as (session, chain):
         records, summary = await run_texts(session, chain, texts)
 
     for text in texts:
@@ -214,10 +221,13 @@ async def test_every_input_ends_with_its_own_record_under_a_mix_of_faults(
 @pytest.mark.parametrize(
     "header", [pytest.param({"retry_after": 0.3}, id="retry-after"), pytest.param({"retry_after_ms": 300}, id="ms")]
 )
-async def test_retry_after_is_honoured(fault_server: FaultServer, stream: bool, header: dict[str, float]) -> None:
+@BACKENDS
+async def test_retry_after_is_honoured(
+    fault_server: FaultServer, stream: bool, header: dict[str, float], backend: str
+) -> None:
     fault_server.configure(chunks=CHUNKS)
     fault_server.add_fault("429", match="slow down", times=1, **header)
-    async with echo_session(fault_server, stream=stream) as (session, chain):
+    async with echo_session(fault_server, stream=stream, http_backend=backend) as (session, chain):
         records, summary = await run_texts(session, chain, ["slow down", "go ahead"])
 
     record = records["slow down"]
@@ -301,12 +311,15 @@ class Tokens:
         return "".join(text for kind, _, text in self.events[last + 1 :] if kind == "token")
 
 
-async def test_a_truncated_stream_is_retried_and_its_partial_text_never_saved(fault_server: FaultServer) -> None:
+@BACKENDS
+async def test_a_truncated_stream_is_retried_and_its_partial_text_never_saved(
+    fault_server: FaultServer, backend: str
+) -> None:
     chunks = 6
     fault_server.configure(chunks=chunks)
     fault_server.add_fault("truncate", match="cut short", times=1, after_chunks=3)
     shown = Tokens()
-    async with echo_session(fault_server, stream=True) as (session, chain):
+    async with echo_session(fault_server, stream=True, http_backend=backend) as (session, chain):
         records, summary = await run_texts(session, chain, ["cut short"], callbacks=[shown.handler()])
 
     record = records["cut short"]

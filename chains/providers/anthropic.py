@@ -54,7 +54,7 @@ def create_anthropic(spec: ModelSpec, settings: RunSettings, base_url: str | Non
         stream_usage=True,
     )
     model._connections = max(10, settings.max_concurrency * 2)
-    model._aiohttp = settings.http_backend == "aiohttp"
+    model._aiohttp = settings.http_backend != "httpx"
     chat: BaseChatModel = model
     return chat
 

@@ -153,7 +153,7 @@ def create_http_client(settings: RunSettings) -> Any:
     connections = max(10, settings.max_concurrency * 2)
     for name in (
         ("DefaultAioHttpClient", "DefaultAsyncHttpxClient")
-        if settings.http_backend == "aiohttp"
+        if settings.http_backend != "httpx"
         else ("DefaultAsyncHttpxClient",)
     ):
         factory = getattr(openai, name, None)
