@@ -100,3 +100,23 @@ def test_in_the_batch_tier_a_row_that_fails_for_good_falls_back_online(texts: Pa
     assert _models_asked(fault_server) == ["big-model"]  # the one online request: the fallback's
     summary = json.loads((texts / "m.json").read_text())
     assert summary["cost_usd"] == pytest.approx(first["cost_usd"] + second["cost_usd"])
+
+
+def test_a_key_on_a_long_hold_falls_back_at_once_instead_of_waiting(texts: Path, fault_server: FaultServer) -> None:
+    """A 429 whose Retry-After is longer than the retry layer waits (a key rate-limited for minutes) goes to the
+    fallback model now; without a fallback model the same 429 is retried as any other (capped wait)."""
+    fault_server.add_fault("429", match="first", model="small-model", retry_after=3600)
+    run = cli(*_run(fault_server), cwd=texts)
+    assert run.returncode == 0, run.stderr
+    first = next(r for r in records(texts / "out.jsonl") if r["input"]["text"] == "first text")["metrics"]
+    assert first["model"] == "openai:big-model" and first["retries"] == 0
+    assert first["fallbacks"][0]["reason"] == "a long hold"
+    assert _models_asked(fault_server).count("small-model") == 2  # one each: no wait, no retry of the held one
+
+
+def test_a_short_hold_is_waited_out_on_the_same_model(texts: Path, fault_server: FaultServer) -> None:
+    fault_server.add_fault("429", match="first", model="small-model", retry_after=0.2, times=1)
+    run = cli(*_run(fault_server), cwd=texts)
+    assert run.returncode == 0, run.stderr
+    first = next(r for r in records(texts / "out.jsonl") if r["input"]["text"] == "first text")["metrics"]
+    assert first["model"] == "openai:small-model" and first["retries"] == 1 and first["fallbacks"] == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+from chains.engine.headers import DEFAULT_RETRY_AFTER_CAP
 from chains.engine.metrics import current_item
 from chains.engine.retry import classify
 from chains.errors import ProviderError, clip
@@ -24,7 +25,7 @@ _OTHER_MODEL_CODES = frozenset(
 )
 
 
-def fallback_reason(exc: ProviderError) -> str | None:
+def fallback_reason(exc: ProviderError, hold_cap: float = DEFAULT_RETRY_AFTER_CAP) -> str | None:
     """Why another model may answer where this one did not; None: it would be refused the same way."""
     cause = exc.__cause__ if isinstance(exc.__cause__, BaseException) else exc
     failure = classify(cause)
@@ -37,6 +38,8 @@ def fallback_reason(exc: ProviderError) -> str | None:
     status = exc.status
     if status == 404:
         return "model not found"
+    if status == 429 and exc.attempts == 1 and (exc.retry_after or 0.0) > hold_cap:
+        return "a long hold"  # not waited out: ManagedChatModel._worth_retrying
     if exc.retryable and (status is None or status == 429 or status >= 500):
         return "retries exhausted"
     return None

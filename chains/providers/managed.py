@@ -146,9 +146,7 @@ class ManagedChatModel(BaseChatModel):
         """The inner model for the running event loop (see ``inner_for_loop``), at the call's endpoint."""
         if call is not None and call.endpoint is not None:
             return cast(BaseChatModel, call.endpoint.model())
-        if self.inner_for_loop is None:
-            return self.inner
-        return self.inner_for_loop(asyncio.get_running_loop())
+        return self.inner if self.inner_for_loop is None else self.inner_for_loop(asyncio.get_running_loop())
 
     def portal(self) -> Portal:
         """The event loop that sync calls (``invoke``, ``batch``, ``stream``) run on."""
@@ -211,7 +209,7 @@ class ManagedChatModel(BaseChatModel):
                 return await self._batched(messages, stop, params)
             return await self._online(messages, stop, run_manager, params)
         except ProviderError as exc:  # a fallback of the batch tier is sent online: it is for the few that failed
-            reason = fallback_reason(exc) if self.fallback is not None else None
+            reason = fallback_reason(exc, self.wait.retry_after_cap) if self.fallback is not None else None
             if self.fallback is None or reason is None:
                 raise
             note_fallback(self.label, exc, reason, self.fallback.label)
@@ -238,7 +236,7 @@ class ManagedChatModel(BaseChatModel):
             result = await self._attempt(call)
         except Exception as exc:
             failure = classify(exc)
-            if not failure.retryable or self.max_retries == 0:
+            if not self._worth_retrying(failure):
                 error = self._final(exc, failure, 1)
                 if error is exc:
                     raise
@@ -248,6 +246,12 @@ class ManagedChatModel(BaseChatModel):
             limits.concurrency.succeeded()
         self._account(call, result)
         return result
+
+    def _worth_retrying(self, failure: Failure) -> bool:
+        """Transient, retries left, and no hold longer than the retry layer waits while a fallback model could
+        answer now (``Retry-After`` past ``wait.retry_after_cap``: a key rate-limited for minutes)."""
+        long_hold = failure.throttled and (failure.retry_after or 0.0) > self.wait.retry_after_cap
+        return failure.retryable and self.max_retries > 0 and not (long_hold and self.fallback is not None)
 
     def _final(self, exc: Exception, failure: Failure, attempts: int) -> Exception:
         """Provider failures become one clear ProviderError; anything else (a bug, a budget stop) stays itself."""
@@ -278,7 +282,7 @@ class ManagedChatModel(BaseChatModel):
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_retries + 1),
             wait=self.wait,
-            retry=retry_if_exception(lambda exc: classify(exc).retryable),
+            retry=retry_if_exception(lambda exc: self._worth_retrying(classify(exc))),
             before_sleep=before_sleep,
             reraise=True,
         )
