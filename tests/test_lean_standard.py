@@ -20,12 +20,10 @@ from typing import Any
 import pytest
 from fault_server import FaultServer
 from langchain_core.language_models import BaseChatModel
-from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 from llama_server import MODEL_ALIAS
+from test_standard import _SessionOverHTTP
 
-from chains import ModelSession, RunSettings
-from chains.engine.limits import Limits
 from chains.providers.lean import LeanChatOpenAI
 from chains.providers.managed import ManagedChatModel
 
@@ -60,25 +58,10 @@ class TestManagedLeanUnit(ChatModelUnitTests):
         return {"inner": LeanChatOpenAI(model="gpt-4o-mini", api_key="sk-test", base_url=_NOWHERE)}
 
 
-class _NoTools(ChatModelIntegrationTests):
-    base_url: str = ""
-    served_model: str = "fake-model"
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
-
-
-class _LeanOverHTTP(_NoTools):
+class _LeanOverHTTP(_SessionOverHTTP):
     """``LeanChatOpenAI`` alone: its sync calls on its own portal loop, its async ones on the test's."""
+
+    served_model = "fake-model"
 
     @pytest.fixture
     async def model(self, request: pytest.FixtureRequest) -> AsyncIterator[BaseChatModel]:
@@ -97,38 +80,11 @@ class _LeanOverHTTP(_NoTools):
         return {"model": self.served_model, "api_key": "sk-test", "base_url": self.base_url, "stream_usage": True}
 
 
-class _ManagedLeanOverHTTP(_NoTools):
-    """``ManagedChatModel`` over the lean model as ``ModelSession`` builds it (one pool per event loop)."""
+class _ManagedLeanOverHTTP(_SessionOverHTTP):
+    """``ManagedChatModel`` over the lean model exactly as ``ModelSession`` builds it (test_standard.py's suite)."""
 
-    _session: ModelSession
-
-    @pytest.fixture
-    async def model(self, request: pytest.FixtureRequest) -> AsyncIterator[BaseChatModel]:
-        settings = RunSettings(
-            model=f"openai:{self.served_model}", base_url=self.base_url, max_retries=0, http_backend="lean"
-        )
-        self._session = ModelSession(settings)
-        model = ManagedChatModel(**{**self.chat_model_params, **(getattr(request, "param", None) or {})})
-        yield model
-        await self._session.aclose()
-        model.close_portal()
-
-    @property
-    def chat_model_class(self) -> type[BaseChatModel]:
-        return ManagedChatModel
-
-    @property
-    def chat_model_params(self) -> dict[str, Any]:
-        model = self._session.model
-        assert isinstance(model.inner, LeanChatOpenAI)
-        return {
-            "inner": model.inner,
-            "inner_for_loop": model.inner_for_loop,
-            "max_retries": 0,
-            "base_url": model.base_url,
-            "token_model": model.token_model,
-            "limits": Limits.create(4),
-        }
+    served_model = "fake-model"
+    http_backend = "lean"
 
 
 @pytest.fixture(scope="class")

@@ -150,13 +150,18 @@ class _SessionOverHTTP(ChatModelIntegrationTests):
 
     base_url: str = ""
     served_model: str = ""
+    http_backend: str = "httpx"
+    """Which inner model ``ModelSession`` builds (test_lean_standard.py runs the same suite with ``lean``)."""
     _session: ModelSession
 
     @pytest.fixture
     async def model(self, request: pytest.FixtureRequest) -> AsyncIterator[BaseChatModel]:
         """Closed on the test's own event loop at the end, so that no connection outlives its loop."""
         settings = RunSettings(
-            model=f"openai:{self.served_model}", base_url=self.base_url, max_retries=0, http_backend="httpx"
+            model=f"openai:{self.served_model}",
+            base_url=self.base_url,
+            max_retries=0,
+            http_backend=self.http_backend,  # type: ignore[arg-type]
         )
         self._session = ModelSession(settings)
         model = ManagedChatModel(**{**self.chat_model_params, **(getattr(request, "param", None) or {})})
