@@ -154,12 +154,12 @@ async def test_a_used_up_server_limit_stops_rate_credit_for_every_worker_until_i
     assert (await governor.lease("b", RATE)).requests == 1
     assert (await governor.lease("a", RATE)).requests == 0  # one probe at a time
     now[0] = 102.1
-    word = Heard("requests", 5, 30.0)  # said with the probe's answer, which the server had counted
-    assert (await governor.lease("b", Ask(), Report(heard=(word,)))).requests == 0
+    word = Heard("requests", 5, 30.0, sent_age_s=0.1, carried=10)  # with the probe's answer: the server counted it
+    assert (await governor.lease("b", Ask(), Report(heard=(word,), sent=((0.1, 10),)))).requests == 0
     first = await governor.lease("a", RATE)
     second = await governor.lease("b", RATE)
-    assert first.requests + second.requests == 4  # 5 remain, less the probe's credit (not reported spent)
-    assert (await governor.lease("a", RATE)).retry_in == pytest.approx(30.0)
+    assert (first.requests, second.requests) == (5, 0)  # 5 remain, all on a's credit (not reported spent)
+    assert (await governor.lease("b", RATE)).retry_in == pytest.approx(30.0)
     assert governor.stats()["server_holds"] >= 4
 
 
@@ -179,11 +179,63 @@ async def test_a_token_word_holds_requests_larger_than_what_remains() -> None:
     governor = Governor(8, clock=lambda: now[0])
     await governor.lease("a", Ask(), Report(heard=(Heard("tokens", 25, 1.0),)))
     assert (await governor.lease("a", RATE)).tokens == 25  # what remains of the 80 asked for, not a token more
-    held = await governor.lease("a", RATE)
+    held = await governor.lease("a", RATE, Report(sent=((0.0, 25),)))
     assert held.requests == 0 and held.retry_in == pytest.approx(1.0)
     now[0] = 1.0
     probe = await governor.lease("a", RATE)
     assert (probe.requests, probe.tokens) == (1, 10)
+
+
+async def test_a_word_counts_what_other_workers_sent_after_its_request_went_not_only_after_it_was_read() -> None:
+    now = [0.0]
+    governor = Governor(8, clock=lambda: now[0])
+    await governor.lease("a", Ask(), Report(heard=(Heard("requests", 3, 10.0),)))
+    mine = await governor.lease("a", Ask(requests=1, tokens=10, min_tokens=10))
+    assert mine.requests == 1  # a's request goes at 0
+    now[0] = 0.01
+    theirs = await governor.lease("b", Ask(requests=2, tokens=20, min_tokens=10))
+    assert theirs.requests == 2
+    now[0] = 0.03
+    await governor.heartbeat("b", Report(sent=((0.01, 10), (0.01, 10))))  # b's two went at 0.02
+    # the server answered a's request before b's two reached it ("1 remains"); a read it at 0.05 and reports at 0.1
+    now[0] = 0.1
+    word = Heard("requests", 1, 10.0, age_s=0.05, sent_age_s=0.1, carried=10)
+    held = await governor.lease("a", RATE, Report(heard=(word,), sent=((0.1, 10),), clock=mine.at + 0.1))
+    assert held.requests == 0  # 1 remained for the server, b's two (sent after a's request) took it and more
+
+
+async def test_credit_counts_against_the_servers_word_until_its_worker_reports_it_spent_or_over() -> None:
+    now = [0.0]
+    governor = Governor(8, clock=lambda: now[0], credit_s=0.05)
+    await governor.lease("a", Ask(), Report(heard=(Heard("requests", 5, 10.0),)))
+    credit = await governor.lease("b", Ask(requests=1, tokens=10, min_tokens=10))
+    assert credit.requests == 1
+    now[0] = 1.0  # long past the credit's time: still, b may have spent it and not said so yet
+    word = Heard("requests", 1, 10.0, sent_age_s=0.99)  # a's request went at 0.01, before b's
+    assert (await governor.lease("a", RATE, Report(heard=(word,)))).requests == 0
+    await governor.heartbeat("b", Report(sent=((0.99, 10),), over=credit.seq))  # spent at 0.01: after a's went
+    assert (await governor.lease("a", RATE)).requests == 0
+    await governor.lease("a", Ask(), Report(heard=(Heard("requests", 1, 10.0, sent_age_s=0.0),)))
+    held = await governor.lease("a", RATE)
+    assert held.requests == 1
+    assert (await governor.lease("b", Ask(requests=1, tokens=10, min_tokens=10))).requests == 0  # a holds it
+    await governor.heartbeat("a", Report(over=held.seq))  # a's credit is over, unspent
+    assert (await governor.lease("b", Ask(requests=1, tokens=10, min_tokens=10))).requests == 1
+
+
+async def test_a_word_said_before_the_probe_arrived_does_not_let_a_second_probe_through() -> None:
+    now = [0.0]
+    governor = Governor(8, clock=lambda: now[0])
+    await governor.lease("a", Ask(), Report(heard=(Heard("requests", 0, 1.0),)))
+    now[0] = 1.0
+    assert (await governor.lease("b", RATE)).requests == 1  # the probe
+    now[0] = 1.05  # a's older request is answered: "none remain, the oldest leaves now" (the slot the probe took)
+    word = Heard("requests", 0, 0.0, age_s=0.01, sent_age_s=1.2)
+    assert (await governor.lease("a", RATE, Report(heard=(word,)))).requests == 0
+    now[0] = 1.9
+    assert (await governor.lease("a", RATE)).requests == 0  # one probe at a time, till its answer or PROBE_S
+    now[0] = 2.0
+    assert (await governor.lease("a", RATE)).requests == 1  # the probe's answer never came: another
 
 
 async def test_response_headers_hold_every_worker_to_what_the_server_says_remains() -> None:

@@ -58,6 +58,8 @@ async def booked(model: ManagedChatModel, call: Call) -> AsyncIterator[Callable[
         def settle(result: ChatResult) -> None:
             usage = usage_of(model, call.messages, result)
             actual_cost = limits.prices.cost_of_usage(model.token_model, usage, call.tier)
+            # settle first, then the headers: a Ray worker's limits learn from the settle which request brought the
+            # headers (its send time places the server's count on the governor's clock, chains/scale/server_limits)
             limits.settle(booking, usage["total_tokens"], usage["output_tokens"], actual_cost)
             if call.endpoint is not None and model.endpoints is not None:  # that endpoint's own limits
                 model.endpoints.observe_headers(call.endpoint, response_headers(result), prompt + output)

@@ -14,7 +14,9 @@ locally (``chains.scale.leased_limits``).  What a lease may hold, and why the li
   tokens.  A request that used more tokens than its estimate reports the excess (``debt``), counted at once.
 - **The server's word** (``x-ratelimit-*``): workers send the newest of what the server's headers said with their
   next call; no worker gets more rate credit than the server says remains, and none until its reset when nothing
-  remains (``chains.scale.server_limits``).  Rate credit is then asked for every request, ``--rpm`` or not.
+  remains (``chains.scale.server_limits``).  Rate credit is then asked for every request, ``--rpm`` or not.  What
+  the server may not have seen counts against its word: each request sent since the one that brought it, and each
+  credit not yet reported spent or over (``Report.over``: a send in time may be reported late).
 - **Budget** (``--max-cost``): USD credit is reserved when granted; spent and unused credit come back in the next
   call.  Granted + spent never exceeds ``max_cost``; when the rest cannot cover a request, the run's budget is
   exhausted and every worker hears so.
@@ -27,7 +29,6 @@ locally (``chains.scale.leased_limits``).  What a lease may hold, and why the li
 from __future__ import annotations
 
 import bisect
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -44,11 +45,9 @@ USD_EPSILON = 1e-9
 METER_S = 60.0
 """While the server's words are held, a grant tells the worker to ask rate credit for every request this long."""
 SERVER_CREDIT_S = 0.1
-"""Rate credit is good this long while the server's words are held: a worker asks only for what can go now, and the
-sooner credit that was never spent stops counting against what the server says remains."""
-SENDS_KEPT_S = 2.0
-"""Requests sent on credit are remembered this long; a server's word that took longer to arrive is not taken in (the
-next one will be)."""
+"""Rate credit is good this long while the server's words are held: a worker asks only for what can go now."""
+SENDS_KEPT_S = 120.0
+"""Sends on credit are remembered this long; a word brought by a request sent longer ago is not taken in."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,10 @@ class Grant:
     """An empty grant held back by the rate: when its window frees capacity (ask again then, not sooner)."""
     meter_s: float = 0.0
     """The server's ``x-ratelimit-*`` words are in force: ask rate credit for every request this long."""
+    seq: int = 0
+    """Which rate credit this is (0: none): a report says up to which one its worker's credit is over."""
+    at: float = 0.0
+    """The governor's clock when granted: the worker's times go back as offsets from it (``Report.clock``)."""
 
 
 @dataclass
@@ -94,6 +97,10 @@ class Report:
     """The newest of what the server's headers said, per kind (``chains.scale.server_limits``)."""
     sent: tuple[tuple[float, int], ...] = ()
     """(seconds ago, tokens) of each request sent on rate credit since the last call: what the server has seen."""
+    over: int = 0
+    """The worker's credits up to this ``Grant.seq`` are over: all sent on them is in this report or an earlier one."""
+    clock: float | None = None
+    """At most the governor's clock when taken: the last ``Grant.at`` plus the time since it arrived (None: none)."""
 
 
 @dataclass
@@ -102,8 +109,8 @@ class _Holder:
     usd: float = 0.0
     seen: float = 0.0
     credit: tuple[int, int] = (0, 0)
-    """Rate credit (requests, tokens) granted and not yet reported spent."""
-    credit_until: float = 0.0
+    """Rate credit (requests, tokens) granted and not yet reported spent or over."""
+    credit_seq: int = 0
 
 
 @dataclass
@@ -129,9 +136,10 @@ class Governor:
     _wanting: dict[str, float] = field(default_factory=dict)
     """Workers whose last ask for slots got none, and when."""
     _grants: deque[tuple[float, int, int]] = field(default_factory=deque)
-    _sends: list[tuple[float, int]] = field(default_factory=list)
-    """(when, tokens) of each request sent on rate credit in the last ``SENDS_KEPT_S``, as workers reported them,
-    in the order sent (on the governor's clock)."""
+    _sends: list[tuple[float, int, int]] = field(default_factory=list)
+    """(when, requests, tokens) sent on rate credit (or owed beyond estimates) in the last ``SENDS_KEPT_S``, as
+    reported, in order (on the governor's clock: no earlier than sent)."""
+    _seq: int = 0
     _requests: int = 0
     _tokens: int = 0
     server: ServerLimits = field(init=False)
@@ -153,7 +161,7 @@ class Governor:
         worker asks again shortly: a governor that never blocks cannot be deadlocked by a stale ask)."""
         self._take_report(worker, report)
         self._reclaim()
-        if ask.requests:  # a worker that asks for rate credit has voided what was left of its last
+        if ask.requests:  # a worker that asks for rate credit has voided what was left of its last (after the report)
             self._holder(worker).credit = (0, 0)
         grant = self._try_grant(worker, ask)
         if ask.slots:
@@ -163,7 +171,8 @@ class Governor:
                 self._wanting.pop(worker, None)
         if grant is None:
             self.empty += 1
-            return Grant(retry_in=self._rate_frees_in(ask) if ask.requests else None, meter_s=self._meter())
+            retry_in = self._rate_frees_in(ask) if ask.requests else None
+            return Grant(retry_in=retry_in, meter_s=self._meter(), at=self.clock())
         return grant
 
     async def heartbeat(self, worker: str, report: Report | None = None) -> int:
@@ -221,22 +230,27 @@ class Governor:
         holder.usd -= back
         self.reserved -= back
         self.spent += report.usd_spent
+        now = self.clock()
         if report.token_debt > 0:
             self._count(0, report.token_debt)
+            self._sent(now, 0, report.token_debt)
         for _ in range(report.throttled):
             self.window = max(1.0, self.window / 2)
         for _ in range(report.succeeded):
             if self.window < self.max_concurrency:
                 self.window = min(float(self.max_concurrency), self.window + 1.0 / self.window)
-        now = self.clock()
-        for age, tokens in report.sent:
-            bisect.insort(self._sends, (now - age, tokens))
+        for age, tokens in report.sent:  # sent no later than ``age`` before the report's arrival
+            self._sent(now - age, 1, tokens)
             holder.credit = (max(0, holder.credit[0] - 1), max(0, holder.credit[1] - tokens))
+        if report.over >= holder.credit_seq:  # what was left of it was not spent
+            holder.credit = (0, 0)
         if self._sends and self._sends[0][0] < now - SENDS_KEPT_S:
             del self._sends[: bisect.bisect_left(self._sends, (now - SENDS_KEPT_S,))]
-        for word in report.heard:
-            if word.age_s < SENDS_KEPT_S:
-                self.server.hear(word, now, self._unseen)
+        for word in report.heard:  # said no earlier than its request was sent, read no later than the arrival - age
+            sent_age = word.age_s if word.sent_age_s is None else word.sent_age_s
+            floor = (now if report.clock is None else min(now, report.clock)) - sent_age
+            if floor >= now - SENDS_KEPT_S:  # else what was sent since is no longer known: the next word will do
+                self.server.hear(word, floor, now - word.age_s, self._sent_since(floor))
 
     def _try_grant(self, worker: str, ask: Ask) -> Grant | None:
         now = self.clock()
@@ -251,7 +265,7 @@ class Governor:
             need = min(ask.min_tokens, self.tpm or ask.min_tokens)
             if requests < 1 or tokens < need:
                 return None
-            room = self.server.room(now, ask.min_tokens)
+            room = self.server.room(now, ask.min_tokens, self._outstanding())
             requests, tokens = min(requests, room.requests), min(tokens, room.tokens)
             if requests < 1 or tokens < need:
                 self.server.holds += 1
@@ -272,11 +286,16 @@ class Governor:
         self.peak_held = max(self.peak_held, self.held)
         self.reserved += usd
         credit = min(self._credit(), SERVER_CREDIT_S) if self.server.views else self._credit()
+        seq = 0
         if requests or tokens:
-            self._count(requests, tokens, probe=room.probe)
-            holder.credit, holder.credit_until = (requests, tokens), now + 2 * credit  # the worker's old credit is void
+            self._count(requests, tokens)
+            if room.probe:
+                self.server.granted_probe(now)
+            self._seq += 1
+            seq = self._seq
+            holder.credit, holder.credit_seq = (requests, tokens), seq  # the worker's old credit is void
         self.leases += 1
-        return Grant(slots, requests, tokens, usd, credit, self.exhausted, meter_s=self._meter())
+        return Grant(slots, requests, tokens, usd, credit, self.exhausted, meter_s=self._meter(), seq=seq, at=now)
 
     def _rate_frees_in(self, ask: Ask) -> float | None:
         """Seconds until the run's window or the server's word lets the ask through (None: the rate is not what
@@ -285,7 +304,7 @@ class Governor:
         waits = []
         if self._grants and (self._free_requests() <= 0 or self._free_tokens() <= 0):
             waits.append(max(0.0, self._grants[0][0] + self.window_s + 2 * self._credit() - now))
-        server = self.server.room(now, ask.min_tokens).frees_in
+        server = self.server.room(now, ask.min_tokens, self._outstanding()).frees_in
         if server is not None:
             waits.append(server)
         return max(waits) if waits else None
@@ -293,17 +312,19 @@ class Governor:
     def _meter(self) -> float:
         return METER_S if self.server.views else 0.0
 
-    def _unseen(self, t: float) -> tuple[int, int]:
-        """Requests and tokens a server that spoke at ``t`` had not seen: sent after ``t`` (as reported), or on
-        credit that no worker has reported spent yet (it may be spent any moment)."""
-        now = self.clock()
-        later = self._sends[bisect.bisect_right(self._sends, (t, math.inf)) :]
-        requests, tokens = len(later), sum(n for _, n in later)
-        for holder in self._holders.values():
-            if now < holder.credit_until:
-                requests += holder.credit[0]
-                tokens += holder.credit[1]
-        return requests, tokens
+    def _sent(self, t: float, requests: int, tokens: int) -> None:
+        bisect.insort(self._sends, (t, requests, tokens))
+        self.server.sent(t, requests, tokens)
+
+    def _sent_since(self, t: float) -> tuple[int, int]:
+        """Requests and tokens reported sent at ``t`` or later."""
+        later = self._sends[bisect.bisect_left(self._sends, (t, -1, -1)) :]
+        return sum(r for _, r, _ in later), sum(n for _, _, n in later)
+
+    def _outstanding(self) -> tuple[int, int]:
+        """Requests and tokens on credit that no worker has reported spent or over yet (it may be spent any
+        moment, or may have been and not be reported yet)."""
+        return sum(h.credit[0] for h in self._holders.values()), sum(h.credit[1] for h in self._holders.values())
 
     def _others_waiting(self, worker: str, now: float) -> int:
         return sum(1 for w, t in self._wanting.items() if w != worker and now - t < WANTING_S)
@@ -321,12 +342,10 @@ class Governor:
         assert self.credit_s is not None
         return self.credit_s
 
-    def _count(self, requests: int, tokens: int, *, probe: bool = False) -> None:
-        now = self.clock()
-        self._grants.append((now, requests, tokens))
+    def _count(self, requests: int, tokens: int) -> None:
+        self._grants.append((self.clock(), requests, tokens))
         self._requests += requests
         self._tokens += tokens
-        self.server.granted(requests, tokens, now, probe=probe)
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window_s - 2 * self._credit()
@@ -345,7 +364,7 @@ class Governor:
         """A worker silent for ``ttl_s`` is dead: its slots come back, its unsettled USD counts as spent."""
         now = self.clock()
         for worker, holder in list(self._holders.items()):
-            if now - holder.seen > self.ttl_s and (holder.slots or holder.usd):
+            if now - holder.seen > self.ttl_s and (holder.slots or holder.usd or holder.credit != (0, 0)):
                 self.held -= holder.slots
                 self.reserved -= holder.usd
                 self.spent += holder.usd

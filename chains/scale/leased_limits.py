@@ -7,6 +7,8 @@ given back (spent USD, tokens beyond an estimate, 429s and successes for the AIM
 server's ``x-ratelimit-*`` headers said) rides on the next lease or on the heartbeat that also keeps the lease alive
 (``chains.scale.governor``).  Once the server's headers speak of its limits, every request needs rate credit from the
 governor (``--rpm`` or not), which grants no more than the server says remains (``chains.scale.server_limits``).
+A word goes with when the request that brought it was sent and whether it went on credit: the server cannot have
+spoken before that, and what was sent since it may not have seen.
 """
 
 from __future__ import annotations
@@ -70,11 +72,13 @@ class _Relay(RateLimiter):
 
 
 class _Leased(Booking):
-    __slots__ = ("tokens",)
+    __slots__ = ("on_credit", "sent_at", "tokens")
 
     def __init__(self, tokens: int) -> None:
         super().__init__()
         self.tokens = tokens
+        self.sent_at = 0.0
+        self.on_credit = False
 
 
 class LeasedLimits(Limits):
@@ -114,7 +118,14 @@ class LeasedLimits(Limits):
         self._want_usd = 0.0
         self._changed: asyncio.Event | None = None
         self._heart: asyncio.Task[None] | None = None
-        self._words: dict[str, tuple[float, ServerWord]] = {}
+        self._words: dict[str, tuple[float, ServerWord, float, int | None]] = {}
+        """Per kind: (read at, the word, its request sent at, its tokens if sent on credit)."""
+        self._answered: _Leased | None = None
+        """The request just settled: the one whose headers are read next (``accounting.booked``)."""
+        self.credit_seq = 0
+        self._over_told = 0
+        self._anchor: tuple[float, float] | None = None
+        """(``Grant.at``, when it arrived) of the last grant: the governor's clock, on the safe side."""
         self._urgent = False
         self._sent: list[tuple[float, int]] = []
         """(when, tokens) of each request sent on rate credit since the last report."""
@@ -128,8 +139,11 @@ class LeasedLimits(Limits):
         own credit cut to what the server says remains, at once."""
         now = time.monotonic()
         self.metered_until = max(self.metered_until, now + METER_S)
+        answered, self._answered = self._answered, None
+        sent_at = answered.sent_at if answered is not None else now
+        carried = answered.tokens if answered is not None and answered.on_credit else None
         for word in words:
-            self._words[word.kind] = (now, word)
+            self._words[word.kind] = (now, word, sent_at, carried)
             need = 1 if word.kind == "requests" else max(1, next_tokens)
             if word.kind == "requests":
                 self.requests = min(self.requests, int(word.remaining))
@@ -171,6 +185,7 @@ class LeasedLimits(Limits):
         if booking.settled:
             return
         booking.settled = True
+        self._answered = booking if isinstance(booking, _Leased) else None
         estimate = booking.tokens if isinstance(booking, _Leased) else tokens
         if tokens > estimate:
             self.report.token_debt += tokens - estimate
@@ -202,6 +217,7 @@ class LeasedLimits(Limits):
             has_usd = self.budget is None or self.usd >= usd - USD_EPSILON
             if has_slot and has_rate and has_usd:
                 self.free_slots -= 1
+                booking.sent_at, booking.on_credit = now, metered
                 if metered:
                     self.requests -= 1
                     self.tokens -= tokens
@@ -260,10 +276,12 @@ class LeasedLimits(Limits):
                 asked = time.monotonic()
                 grant: Grant = await self.call("lease", self.worker, ask, report)
                 self.leases += 1
+                if grant.at:
+                    self._anchor = (grant.at, time.monotonic())
                 self.free_slots += grant.slots
                 self.held_slots += grant.slots
                 if grant.requests or grant.tokens:
-                    self.requests, self.tokens = grant.requests, grant.tokens
+                    self.requests, self.tokens, self.credit_seq = grant.requests, grant.tokens, grant.seq
                     # good from its arrival, and never past twice its time from the ask: see the governor
                     self.credit_until = min(time.monotonic() + grant.credit_s, asked + 2 * grant.credit_s)
                 if grant.meter_s:
@@ -288,8 +306,16 @@ class LeasedLimits(Limits):
         """What is owed, and (when idle) the slots and USD this worker does not use."""
         report, self.report = self.report, Report()
         now = time.monotonic()
+        if self._anchor is not None:
+            report.clock = self._anchor[0] + (now - self._anchor[1])
+        # the credits before the current one are void; the current one too once its time is up
+        report.over = self.credit_seq if now >= self.credit_until else self.credit_seq - 1
+        self._over_told = max(self._over_told, report.over)
         if self._words:
-            report.heard = tuple(Heard(w.kind, w.remaining, w.reset_s, now - t) for t, w in self._words.values())
+            report.heard = tuple(
+                Heard(w.kind, w.remaining, w.reset_s, now - t, now - sent, carried)
+                for t, w, sent, carried in self._words.values()
+            )
             self._words, self._urgent = {}, False
         if self._sent:
             report.sent = tuple((now - t, tokens) for t, tokens in self._sent)
@@ -321,7 +347,9 @@ class LeasedLimits(Limits):
             await asyncio.sleep(IDLE_S)
             now = time.monotonic()
             idle = self.free_slots > 0 and self.waiters == 0 and now - self._last_used >= IDLE_S
-            if not idle and now - last < HEARTBEAT_S and not self.report.slots and not self._urgent:
+            # credit whose time is up counts against the server's word for every worker until this one says so
+            over = self.credit_seq > self._over_told and now >= self.credit_until
+            if not idle and now - last < HEARTBEAT_S and not self.report.slots and not self._urgent and not over:
                 continue
             last = now
             give_back = await self.call("heartbeat", self.worker, self._take_report(idle=idle))
