@@ -40,14 +40,14 @@ def _visible(tags: list[str] | None) -> bool:
     return not tags or INTERMEDIATE not in tags
 
 
-class MetricsHandler(AsyncCallbackHandler):
-    """Fills one input's ``ItemMetrics``: time to first token and usage from each final answer."""
+class _ModelEventsOnly:
+    """A handler of the model run's events only (``watches = MODEL_EVENTS``): LangChain does not call it for each
+    chain step, retriever or agent."""
 
-    run_inline = True
     watches = MODEL_EVENTS
 
     @property
-    def ignore_chain(self) -> bool:  # model events only: no call per chain step
+    def ignore_chain(self) -> bool:
         return True
 
     @property
@@ -57,6 +57,12 @@ class MetricsHandler(AsyncCallbackHandler):
     @property
     def ignore_agent(self) -> bool:
         return True
+
+
+class MetricsHandler(_ModelEventsOnly, AsyncCallbackHandler):
+    """Fills one input's ``ItemMetrics``: time to first token and usage from each final answer."""
+
+    run_inline = True
 
     @property
     def ignore_custom_event(self) -> bool:
@@ -93,7 +99,7 @@ class MetricsHandler(AsyncCallbackHandler):
                     self.item.tokens_estimated = True
 
 
-class TokenStreamHandler(AsyncCallbackHandler):
+class TokenStreamHandler(_ModelEventsOnly, AsyncCallbackHandler):
     """Passes each visible token to ``on_token(run_id, token)``.
 
     Tokens are kept per run id, so concurrent model calls never interleave in
@@ -102,20 +108,7 @@ class TokenStreamHandler(AsyncCallbackHandler):
     showed is refused afterwards (schema repair announces it with the ``chain_runner_discard`` custom event).
     """
 
-    run_inline = True
-    watches = MODEL_EVENTS  # and the discard event, which only schema repair (never a compiled chain) sends
-
-    @property
-    def ignore_chain(self) -> bool:  # model events and the custom discard event only
-        return True
-
-    @property
-    def ignore_retriever(self) -> bool:
-        return True
-
-    @property
-    def ignore_agent(self) -> bool:
-        return True
+    run_inline = True  # model events, and the discard event, which only schema repair (never a compiled chain) sends
 
     def __init__(self, on_token: TokenSink, on_discard: DiscardSink | None = None) -> None:
         self.on_token = on_token
