@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from langchain_core.exceptions import OutputParserException
@@ -590,3 +593,21 @@ def test_discover_specs(tmp_path: Path) -> None:
     assert list(found) == ["alpha", "zeta"]
     assert found["alpha"] == inside / "alpha.yaml"
     assert discover_specs(tmp_path / "missing") == {}
+
+
+class _NoThreads(concurrent.futures.ThreadPoolExecutor):
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("parsed in a thread")
+
+
+@pytest.mark.parametrize(
+    ("name", "reply"), [("summarize", "a summary"), ("keywords", '{"keywords": ["sun"], "sentiment": "positive"}')]
+)
+async def test_prompt_file_parsers_parse_on_the_event_loop_not_in_a_thread(name: str, reply: str) -> None:
+    """LangChain's aparse_result hands parse_result to the default executor: a thread hop per answer."""
+    from chains.spec.prompts_library import default_library
+
+    asyncio.get_running_loop().set_default_executor(_NoThreads())
+    parser = default_library().spec(name).output_parser()
+    parsed = await parser.ainvoke(AIMessage(content=reply))
+    assert parsed == (reply if name == "summarize" else {"keywords": ["sun"], "sentiment": "positive"})

@@ -284,15 +284,13 @@ class PromptSpec(StrictModel):
         return self.model.model_dump(exclude_none=True)
 
     def output_parser(self) -> Runnable[Any, Any]:
-        """Text: ``StrOutputParser``.  JSON: parse and validate against the schema."""
-        from langchain_core.output_parsers import StrOutputParser
-
-        from chains.spec.parsers import JsonSchemaOutputParser
+        """Text: ``StrOutputParser`` (parsing inline).  JSON: parse and validate against the schema."""
+        from chains.spec.parsers import JsonSchemaOutputParser, TextOutputParser
 
         if self.output.kind == "json":
             assert self.output.json_schema is not None  # guaranteed by OutputSpec
             return JsonSchemaOutputParser(prompt_name=self.name, json_schema=self.output.json_schema)
-        return StrOutputParser()
+        return TextOutputParser()
 
     def response_format(self) -> dict[str, Any] | None:
         """OpenAI structured-outputs ``response_format`` for JSON output, else None."""
