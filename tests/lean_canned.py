@@ -36,6 +36,8 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     sse: bool = False
     cut: bool = False
+    tail_s: float = 0.0
+    """A pause before the body's end (a proxy or server that sends the last bytes later)."""
 
 
 def json_answer(body: Any, status: int = 200, **headers: str) -> Answer:
@@ -53,6 +55,8 @@ class Canned:
     def __init__(self) -> None:
         self.answer: Answer = json_answer({})
         self.bodies: list[dict[str, Any]] = []
+        self.peers: list[Any] = []
+        """The client address of each request (the same one: a connection the client reused)."""
         self.port = 0
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -65,6 +69,7 @@ class Canned:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.bodies.append(json.loads(await request.read()))
+        self.peers.append(request.transport.get_extra_info("peername") if request.transport else None)
         answer = self.answer
         content_type = "text/event-stream" if answer.sse else "application/json"
         response = web.StreamResponse(status=answer.status, headers={**answer.headers, "Content-Type": content_type})
@@ -76,6 +81,8 @@ class Canned:
             assert request.transport is not None
             request.transport.abort()
             return response
+        if answer.tail_s:
+            await asyncio.sleep(answer.tail_s)
         await response.write_eof()
         return response
 

@@ -334,15 +334,20 @@ class RecordingProxy:
                     if "text/event-stream" in content_type:
                         self.send_header("Transfer-Encoding", "chunked")
                         self.end_headers()
-                        raw = bytearray()
+                        pending = b""
                         while chunk := answer.read1(65536):
-                            raw += chunk
+                            # recorded before it is passed on: a client that stops at [DONE] may be done before
+                            # the proxy's next line runs
+                            pending += chunk
+                            *lines, pending = pending.split(b"\n")
+                            if exchange is not None:
+                                _parse_sse(lines, exchange)
                             self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                             self.wfile.flush()
+                        if exchange is not None:
+                            _parse_sse([pending], exchange)
                         self.wfile.write(b"0\r\n\r\n")
                         self.wfile.flush()
-                        if exchange is not None:
-                            _parse_sse(bytes(raw), exchange)
                     else:
                         data = answer.read()
                         self.send_header("Content-Length", str(len(data)))
@@ -359,8 +364,10 @@ class RecordingProxy:
         return Handler
 
 
-def _parse_sse(raw: bytes, exchange: Exchange) -> None:
-    for line in raw.decode("utf-8").splitlines():
+def _parse_sse(lines: list[bytes], exchange: Exchange) -> None:
+    """Whole lines of the stream into ``exchange`` (``data: [DONE]`` sets ``done``)."""
+    for raw in lines:
+        line = raw.decode("utf-8").rstrip("\r")
         if not line.startswith("data:"):
             continue
         payload = line[len("data:") :].strip()

@@ -163,6 +163,23 @@ async def test_a_streamed_answer_is_the_same_chunks(pair: Pair, canned: Canned) 
     }
 
 
+async def test_a_streamed_answer_leaves_its_connection_for_the_next_request(pair: Pair, canned: Canned) -> None:
+    """After ``[DONE]`` the body's end is read too: aiohttp closes a connection left unread, and every streamed
+    request would open a new one (a new TLS handshake at a provider)."""
+    head = {"id": "chatcmpl-3", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    canned.answer = sse_answer(
+        [
+            {**head, "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]},
+            {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        ]
+    )
+    canned.answer.tail_s = 0.05  # the body's end comes a moment after [DONE]
+    canned.peers.clear()
+    for _ in range(3):
+        assert [chunk.text async for chunk in pair.lean.astream(ASK)][0] == "Hi"
+    assert len(canned.peers) == 3 and len(set(canned.peers)) == 1, canned.peers
+
+
 async def test_streamed_tool_call_chunks_are_the_same(pair: Pair, canned: Canned) -> None:
     head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
 

@@ -9,6 +9,7 @@ bytes is a ``BrokenStreamError`` (the attempt failed), never unbounded memory.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -76,9 +77,34 @@ async def events(response: Any, max_line: int = MAX_LINE_BYTES) -> AsyncIterator
     async for chunk in response.content.iter_any():
         for data in decoder.feed(chunk):
             if data == DONE:
+                await _drain(response)
                 return
             yield data
     for data in decoder.close():
         if data == DONE:
             return
         yield data
+
+
+DRAIN_BYTES = 64 * 1024
+DRAIN_S = 1.0
+
+
+async def _drain(response: Any) -> None:
+    """Read what follows ``[DONE]`` (the body's end: a chunked terminator, at most a few bytes), so that aiohttp puts
+    the connection back in the pool: a response left unread is closed, and the next request would open a new
+    connection (a new TLS handshake at a provider).  Bounded in bytes and time: past either, the connection is
+    simply not reused."""
+    read = 0
+    try:
+        async with asyncio.timeout(DRAIN_S):
+            async for chunk in response.content.iter_any():
+                read += len(chunk)
+                if read > DRAIN_BYTES:
+                    return
+    except (TimeoutError, OSError, ValueError):
+        return
+    except Exception as exc:  # aiohttp's own payload errors: the connection is not reused, nothing else
+        if type(exc).__module__.startswith("aiohttp"):
+            return
+        raise
