@@ -283,6 +283,7 @@ def test_anyone_watching_keeps_an_input_on_the_chains_own_runs(monkeypatch: pyte
     with collect_runs():
         assert not compiled.usable(ours)
     monkeypatch.setenv("LANGSMITH_API_KEY", "lsv2-test")  # a tracer is made, never sends: nothing is run here
+    monkeypatch.setenv("LANGSMITH_ENDPOINT", "http://127.0.0.1:9")  # and were it to send, never off this machine
     with tracing_v2_enabled(project_name="t"):
         assert not compiled.usable(ours)
     for switch_on, switch_off in ((lambda: set_debug(True), lambda: set_debug(False)),
