@@ -19,8 +19,11 @@ if str(TESTS) not in sys.path:
 
 from fault_server import FaultServer, fault_server_fixture  # noqa: E402
 from llama_server import llama_server_fixture  # noqa: E402
+from ray_support import ray_cluster_fixture  # noqa: E402
 
 llama_server = pytest.fixture(scope="session", name="llama_server")(llama_server_fixture)
+ray_cluster = pytest.fixture(scope="module", name="ray_cluster")(ray_cluster_fixture)
+"""One local Ray per test module that asks for it (``tests/ray_support.py``)."""
 
 _PROVIDER_VARS = (
     "OPENAI_API_KEY",

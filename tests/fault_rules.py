@@ -3,13 +3,24 @@
 A rule names a fault kind (an HTTP error status, a reset, a cut or stalled stream, an answer
 that is not an answer), which requests it matches (``match`` in the last user message,
 ``stream``), how many times it fires (``times``) and the details of its response.
+``RuleBook`` is the python API over a server's list of rules (the chat rules' and the batch rules').
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import Any, ClassVar
 
-__all__ = ["FAULT_KINDS", "MID_STREAM_KINDS", "ODD_KINDS", "STATUS_ERRORS", "STATUS_KINDS", "Rule"]
+__all__ = [
+    "FAULT_KINDS",
+    "MID_STREAM_KINDS",
+    "ODD_KINDS",
+    "STATUS_ERRORS",
+    "STATUS_KINDS",
+    "Rule",
+    "RuleBook",
+    "rule_kwargs",
+]
 
 # status -> (error type, error code, message)
 STATUS_ERRORS: dict[int, tuple[str, str | None, str]] = {
@@ -67,8 +78,53 @@ RULE_KEYS = frozenset(
 )
 
 
+def rule_kwargs(data: Any, keys: frozenset[str], what: str = "fault rule") -> dict[str, Any]:
+    """A rule sent as JSON, checked: an object with a 'fault' key and no key but ``keys``."""
+    if not isinstance(data, dict) or "fault" not in data:
+        raise ValueError(f"a {what} must be an object with a 'fault' key")
+    unknown = set(data) - keys
+    if unknown:
+        raise ValueError(f"unknown {what} key(s): {sorted(unknown)}")
+    return data
+
+
+class RuleBook:
+    """The python API over a server's fault rules: ``_rules`` in order, guarded by ``_lock``, each a ``_rule_type``
+    (a class with ``from_dict`` and ``to_dict``)."""
+
+    _lock: threading.Lock
+    _rules: list[Any]
+    _rule_type: ClassVar[Any]
+
+    def add_fault(self, fault: str, match: str | None = None, times: int | None = None, **kw: Any) -> dict[str, Any]:
+        """Append one rule; ``kw``: the details its kind takes (see ``Rule``, ``BatchRule``). Returns it as a dict."""
+        rule = self._rule_type.from_dict({"fault": fault, "match": match, "times": times, **kw})
+        with self._lock:
+            self._rules.append(rule)
+        return rule.to_dict()
+
+    def add_faults(self, data: Any) -> None:
+        """Append the rules of a control request (one rule object or a list of them): all of them, or none."""
+        rules = [self._rule_type.from_dict(d) for d in (data if isinstance(data, list) else [data])]
+        with self._lock:
+            self._rules.extend(rules)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def faults(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [rule.to_dict() for rule in self._rules]
+
+
 class Rule:
-    """One fault rule: what it injects, which requests it matches, and how often it has fired."""
+    """One fault rule: what it injects, which requests it matches, and how often it has fired.
+
+    The details (``FaultServer.add_fault`` kw): retry_after, retry_after_ms, after_chunks, stall_s, stream (only
+    match streamed / non-streamed requests), message, error_type (the error body's ``type``), headers (sent
+    verbatim: e.g. ``{"retry-after": "soon"}``), model (only requests for that model).
+    """
 
     __slots__ = (
         "after_chunks",
@@ -128,12 +184,7 @@ class Rule:
 
     @classmethod
     def from_dict(cls, data: Any) -> Rule:
-        if not isinstance(data, dict) or "fault" not in data:
-            raise ValueError("a fault rule must be an object with a 'fault' key")
-        unknown = set(data) - RULE_KEYS
-        if unknown:
-            raise ValueError(f"unknown fault rule key(s): {sorted(unknown)}")
-        return cls(**data)
+        return cls(**rule_kwargs(data, RULE_KEYS))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -61,7 +61,7 @@ from typing import Any
 from aiohttp import web
 from fault_batches import Batches
 from fault_replies import Reply, error_body, send_json
-from fault_rules import FAULT_KINDS, MID_STREAM_KINDS, Rule
+from fault_rules import FAULT_KINDS, MID_STREAM_KINDS, Rule, RuleBook
 from fault_settings import DEFAULT_SETTINGS, Config, RateLimiter, normalize_settings
 
 __all__ = [
@@ -120,8 +120,14 @@ def _length(body: dict[str, Any], cfg: Config) -> tuple[int, str]:
 # ----------------------------------------------------------------------------- server
 
 
-class FaultServer:
-    """OpenAI-compatible fault-injecting server running on its own loop/thread."""
+class FaultServer(RuleBook):
+    """OpenAI-compatible fault-injecting server running on its own loop/thread.
+
+    Fault rules: ``add_fault(kind, match=None, times=None, **kw)`` (kw: see ``fault_rules.Rule``), ``faults()``,
+    ``clear_faults()``.
+    """
+
+    _rule_type = Rule
 
     def __init__(
         self,
@@ -250,29 +256,6 @@ class FaultServer:
     @property
     def settings(self) -> dict[str, Any]:
         return dict(self._cfg.settings)
-
-    def add_fault(
-        self,
-        fault: str,
-        match: str | None = None,
-        times: int | None = None,
-        **kw: Any,
-    ) -> dict[str, Any]:
-        """Append a fault rule; kw: retry_after, retry_after_ms, after_chunks, stall_s,
-        stream (only match streamed / non-streamed requests), message, error_type (the error
-        body's ``type``), headers (sent verbatim: e.g. ``{"retry-after": "soon"}``)."""
-        rule = Rule.from_dict({"fault": fault, "match": match, "times": times, **kw})
-        with self._lock:
-            self._rules.append(rule)
-        return rule.to_dict()
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._rules.clear()
-
-    def faults(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [r.to_dict() for r in self._rules]
 
     def _reset_counters(self) -> None:
         self._requests = 0
@@ -532,12 +515,9 @@ class FaultServer:
 
     async def _handle_add_faults(self, request: web.Request) -> web.Response:
         try:
-            data = await self._read_json(request)
-            rules = [Rule.from_dict(d) for d in (data if isinstance(data, list) else [data])]
+            self.add_faults(await self._read_json(request))
         except (ValueError, TypeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        with self._lock:
-            self._rules.extend(rules)
         return web.json_response({"faults": self.faults()})
 
     async def _handle_clear_faults(self, request: web.Request) -> web.Response:

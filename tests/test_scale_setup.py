@@ -1,0 +1,205 @@
+"""The Ray engine's setup on a real local Ray: cluster addresses, the refusals (each one line) and the parsers.
+
+Ray is started once for the module (the ``ray_cluster`` fixture); runs that must join Ray or lack it run in a
+subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fault_server import FaultServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from langchain_core.callbacks import BaseCallbackHandler
+from ray_support import collect, run_python
+
+from chains.engine.execution import Record
+from chains.engine.metrics import ItemMetrics
+from chains.errors import ChainRunnerError, ProviderError, UsageError
+from chains.scale import run_on_ray
+from chains.scale.address import parse_address, speaks_grpc
+from chains.scale.pool import WorkerFailedError, WorkerPool
+from chains.scale.wire import from_wire, rebuild_error, to_wire
+from chains.scale.worker import WorkerSpec
+from chains.settings import RunSettings
+from chains.spec.registry import chain_info
+
+FAKE = RunSettings(model="fake", max_concurrency=4)
+TOPICS = [{"topic": f"topic {i}"} for i in range(12)]
+
+
+# ---------------------------------------------------------------------------------------------- refusals, one line
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert "\n" not in text and isinstance(exc, ChainRunnerError) and exc.exit_code == 2
+    return text
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_an_address_where_no_cluster_answers_is_one_line_at_once(fault_server: FaultServer) -> None:
+    for address, says in [
+        (f"127.0.0.1:{_closed_port()}", "no Ray cluster answers there (ConnectionRefusedError)"),
+        (f"127.0.0.1:{fault_server.port}", "something answers there, but not a Ray cluster"),
+        ("nonsense", "has no :PORT"),
+        ("ray://127.0.0.1:0", "port that is not a number from 1 to 65535"),
+    ]:
+        started = time.monotonic()
+        with pytest.raises(UsageError) as caught:
+            run_on_ray("story", TOPICS, settings=FAKE, address=address).start()
+        line = _one_line(caught.value)
+        assert says in line and "ray start --head" in line, line
+        assert time.monotonic() - started < 6  # Ray itself would retry a silent address for minutes
+
+
+async def test_the_address_of_a_running_cluster_is_accepted(ray_cluster: Any) -> None:
+    address = ray_cluster.get_runtime_context().gcs_address
+    run = run_on_ray("story", TOPICS[:2], settings=FAKE, address=address)
+    assert [r.ok for r in await collect(run)] == [True, True]
+    assert len(run.workers) == 2  # one per CPU of the cluster
+
+
+def test_joining_a_cluster_by_address_runs_there(ray_cluster: Any, tmp_path: Path) -> None:
+    address = ray_cluster.get_runtime_context().gcs_address
+    script = f"""
+import asyncio, json, sys
+from chains.scale import run_on_ray
+from chains.settings import RunSettings
+assert "ray" not in sys.modules  # nothing imports Ray before a run starts
+
+async def main():
+    settings = RunSettings(model="fake", max_concurrency=2)
+    run = run_on_ray("story", [{{"topic": "a"}}, {{"topic": "b"}}], settings=settings, address={address!r}, workers=1)
+    records = [r async for r in run]
+    import ray
+    print(json.dumps({{"ok": [r.ok for r in records], "connected": ray.is_initialized()}}))
+
+asyncio.run(main())
+"""
+    report = json.loads(run_python(script, tmp_path).stdout.strip().splitlines()[-1])
+    assert report == {"ok": [True, True], "connected": True}  # joined, not started: left connected
+
+
+async def test_more_workers_than_cpus_is_one_line(ray_cluster: Any) -> None:
+    with pytest.raises(UsageError) as caught:
+        run_on_ray("story", TOPICS, settings=FAKE, workers=3).start()
+    assert "--workers 3 needs 3 CPUs" in _one_line(caught.value)
+
+
+async def test_ray_not_installed_is_one_line_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets without the extra
+    with pytest.raises(UsageError) as caught:
+        run_on_ray("story", TOPICS, settings=FAKE, workers=2).start()
+    assert "pip install 'chain-runner[ray]'" in _one_line(caught.value)
+
+
+async def test_a_worker_that_cannot_build_its_chain_stops_the_run_with_its_line(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    broken = FAKE.model_copy(update={"cache": str(tmp_path)})  # a directory: no worker can open it as sqlite
+    with pytest.raises(UsageError) as caught:
+        await collect(run_on_ray("story", TOPICS, settings=broken, workers=2))
+    assert "--cache" in _one_line(caught.value)
+
+
+async def test_callbacks_that_cannot_go_to_the_workers_are_one_line(ray_cluster: Any) -> None:
+    class Local(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.lock = threading.Lock()  # does not pickle: such a handler cannot run in a worker
+
+    with pytest.raises(UsageError) as caught:
+        run_on_ray("story", TOPICS, settings=FAKE, workers=2, callbacks=[Local()]).start()
+    assert "must pickle" in _one_line(caught.value)
+
+
+async def test_workers_that_find_no_place_are_one_line_not_a_hang(ray_cluster: Any) -> None:
+    spec = WorkerSpec("story", FAKE, chain_info("story").digest)
+    pool = WorkerPool(ray_cluster, spec, window=2, replacements=0)
+    pool.start(3)  # one CPU each, on a 2-CPU Ray: the third waits for a place
+    try:
+        with pytest.raises(WorkerFailedError) as caught:
+            await pool.ready(within_s=3)
+        assert "did not start within 3 s" in str(caught.value) and "\n" not in str(caught.value)
+    finally:
+        pool.kill()
+
+
+def test_the_batch_tier_is_refused() -> None:
+    with pytest.raises(UsageError) as caught:
+        run_on_ray("story", TOPICS, settings=RunSettings(model="openai:m", tier="batch"), workers=2)
+    assert "--tier batch" in _one_line(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------- parsers, properties
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=400), st.from_regex(r"(ray://)?\[?[0-9a-f:.]{0,40}\]?:[0-9]{0,7}", fullmatch=True)))
+def test_any_address_text_parses_or_is_one_usage_line(text: str) -> None:
+    try:
+        address = parse_address(text)
+    except UsageError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 500
+        return
+    assert address.text == "auto" or (address.host and address.port and 0 < address.port < 65536)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_any_reply_is_judged_without_raising(reply: bytes) -> None:
+    assert speaks_grpc(reply) in (True, False)
+
+
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["type", "message", "status", "attempts", "other"]),
+        st.one_of(
+            st.sampled_from(["ProviderError", "UsageError", "PromptSpecError", "ValueError", "__class__"]), _JSONISH
+        ),
+    )
+)
+def test_any_error_description_rebuilds_or_stays_a_description(error: dict[str, Any]) -> None:
+    rebuilt = rebuild_error(error)
+    assert rebuilt is None or (isinstance(rebuilt, ChainRunnerError) and type(rebuilt).__name__ == error["type"])
+    record = from_wire(7, {"topic": "x"}, "k", {"output": None, "error": error, "metrics": {"retries": 2, "x": 1}})
+    assert record.index == 7 and record.metrics.retries == 2 and record.error == error
+
+
+def test_a_record_survives_the_wire() -> None:
+    exc = ProviderError("HTTP 503 after 3 attempts; try later", status=503, attempts=3)
+    record = Record.failure(4, {"topic": "t"}, exc, ItemMetrics(latency_s=1.23456789, retries=2, status="failed"))
+    back = from_wire(4, {"topic": "t"}, "key", to_wire(record))
+    assert back.to_dict() == {**record.to_dict(), "key": "key"} and back.metrics.latency_s == 1.23456789
+    assert isinstance(back.exception, ProviderError) and (back.exception.status, back.exception.attempts) == (503, 3)
+
+
+def test_nothing_imports_ray_until_a_run_starts(tmp_path: Path) -> None:
+    script = """
+import sys
+import chains, chains.scale, chains.scale.ray_engine, chains.scale.governor, chains.cli.commands, runner
+from chains.scale import RayRun, run_on_ray
+print("ray" in sys.modules)
+"""
+    assert run_python(script, tmp_path).stdout.strip() == "False"
