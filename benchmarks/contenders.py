@@ -293,8 +293,8 @@ async def project_lib_nostream(job: Job, tally: Tally) -> None:
 
 
 async def project_lib_httpx(job: Job, tally: Tally) -> None:
-    """``project_lib`` on the SDK's httpx transport (``RunSettings(http_backend="httpx")``),
-    the opt-out from the default aiohttp transport."""
+    """``project_lib`` on ChatOpenAI with the SDK's httpx transport (``RunSettings(http_backend="httpx")``), the
+    slowest of the three backends (the default is the lean model)."""
     await project_lib(job, tally, http_backend="httpx")
 
 

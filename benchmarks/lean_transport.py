@@ -42,7 +42,7 @@ ROWS = [
     ("raw_aiohttp", "raw AsyncOpenAI, aiohttp transport"),
     ("raw", "raw AsyncOpenAI (httpx)"),
     ("lc_abatch_aiohttp", "LangChain `abatch`, aiohttp transport"),
-    ("project_lib", "chain-runner `run_batch` (ChatOpenAI, aiohttp transport)"),
+    ("project_chatopenai", "chain-runner `run_batch` (ChatOpenAI, aiohttp transport)"),
     ("project_lean", "chain-runner `run_batch`, lean model"),
 ]
 BASELINE = "raw"
@@ -121,7 +121,17 @@ async def project_lean(job: C.Job, tally: C.Tally) -> None:
     await C.project_lib(job, tally, http_backend="lean")
 
 
-EXTRA = {"minimal": minimal, "lc_abatch_aiohttp": lc_abatch_aiohttp, "project_lean": project_lean}
+async def project_chatopenai(job: C.Job, tally: C.Tally) -> None:
+    """``run_batch`` over ``ChatOpenAI`` on the SDK's aiohttp transport (``--http-backend aiohttp``; lean is the default)."""
+    await C.project_lib(job, tally, http_backend="aiohttp")
+
+
+EXTRA = {
+    "minimal": minimal,
+    "lc_abatch_aiohttp": lc_abatch_aiohttp,
+    "project_lean": project_lean,
+    "project_chatopenai": project_chatopenai,
+}
 
 
 def child(spec: str) -> int:
