@@ -346,7 +346,8 @@ class ManagedChatModel(BaseChatModel):
         """One attempt, bounded as a whole by ``timeout``: the HTTP client's timeouts bound each
         read, so an answer that keeps trickling bytes (a model looping without a finish reason, a
         proxy keeping the connection alive) would otherwise hold its worker forever."""
-        return await within(self.timeout, self._request(call))
+        cooperative = not call.stream and getattr(self._inner(call), "stops_when_cancelled", False)
+        return await within(self.timeout, self._request(call), cooperative=cooperative)
 
     async def _request(self, call: Call) -> ChatResult:
         """One attempt at the provider; a streamed answer must end with a finish reason."""

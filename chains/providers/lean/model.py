@@ -15,7 +15,7 @@ import re
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -62,6 +62,10 @@ class LeanChatOpenAI(BaseChatModel):
     """Chat completions of OpenAI or an OpenAI-compatible server (``base_url``), the fields named as ``ChatOpenAI``'s."""
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+
+    stops_when_cancelled: ClassVar[bool] = True
+    """Its non-streamed request stops at the first cancellation (aiohttp and our reader; no ``wait_for`` that can
+    absorb one): the attempt deadline needs no child task for it (``chains.engine.deadline``)."""
 
     model_name: str = Field(default="gpt-3.5-turbo", alias="model")
     openai_api_key: SecretStr | None = Field(default=None, alias="api_key")
