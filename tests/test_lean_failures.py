@@ -9,6 +9,7 @@ a stream or a body raise only the expected errors, within bounds.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -267,7 +268,9 @@ class _UserHandler(BaseCallbackHandler):
 
 def test_anyone_watching_keeps_an_input_on_the_chains_own_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only our own watchers are served by the compiled path; a user's handler, run collectors, debug, tracing and
-    a cache each send the input through LangChain's runs, and only ``prompt | model | parser`` compiles at all."""
+    a cache each send the input through LangChain's runs, and only ``prompt | model | parser`` compiles at all.
+    (The look for global handlers stands for ``GLOBAL_CHECK_S``: 0 here, so every switch is seen at once.)"""
+    monkeypatch.setattr("chains.engine.compiled.GLOBAL_CHECK_S", 0.0)
     from langchain_core.caches import InMemoryCache
     from langchain_core.globals import set_debug, set_llm_cache
     from langchain_core.tracers.context import collect_runs, tracing_v2_enabled
@@ -302,6 +305,30 @@ def test_anyone_watching_keeps_an_input_on_the_chains_own_runs(monkeypatch: pyte
     assert not compiles(chain | StrOutputParser()) and not compiles(chain.with_config(tags=["x"]))
     assert not compiles(chain.bound.with_config(callbacks=[_UserHandler()]))  # type: ignore[attr-defined]
     assert compiles(chain.bound) and compiles(chain.with_config(run_name="again"))  # type: ignore[attr-defined]
+
+
+def test_a_global_switch_mid_run_is_seen_within_the_global_check_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Global switches (debug, tracing by environment) are looked up once per ``GLOBAL_CHECK_S``, not per input
+    (context-variable tracers cannot change within a run: its workers' contexts are fixed when they start): a run
+    that switches debug on part way sends the inputs after the next look through LangChain's own runs."""
+    from langchain_core.globals import set_debug
+
+    monkeypatch.setattr("chains.engine.compiled.GLOBAL_CHECK_S", 0.2)
+    settings = RunSettings(model="openai:m", base_url="http://127.0.0.1:9/v1", api_key="k", http_backend="lean")  # type: ignore[arg-type]
+    compiled = compile_chain(get_chain("translate", ModelSession(settings).model))
+    assert compiled is not None
+    ours = [MetricsHandler(ItemMetrics()), RunStop().tracker]
+    seen = [compiled.usable(ours)]
+    set_debug(True)
+    try:
+        seen.append(compiled.usable(ours))  # within the look's time: still the last look's answer
+        time.sleep(0.25)
+        seen.append(compiled.usable(ours))
+    finally:
+        set_debug(False)
+    time.sleep(0.25)
+    seen.append(compiled.usable(ours))
+    assert seen == [True, True, False, True]
 
 
 # ----------------------------------------------------------------------------- the CLI's end

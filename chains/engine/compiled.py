@@ -13,17 +13,25 @@ own ``parse_result``.
 (``chains.engine.callbacks``): the model run's events (``MetricsHandler``, ``TokenStreamHandler``: given a real
 run manager of their own) or the top-level chain's start and end (the stop tracker: called directly); no global
 handler (tracing, ``set_debug``, ``collect_runs``...: ``AsyncCallbackManager.configure`` finds none); no cache, no
-rate limiter, no model callbacks or tags, no streaming ``BaseChatModel`` would choose.  Checked per input, so a
-tracer switched on mid-run is seen.  Anything else, and the input goes through ``ainvoke`` as before: the chain
-handed to users stays the plain LCEL runnable, composable and traceable.
+rate limiter, no model callbacks or tags, no streaming ``BaseChatModel`` would choose.  Checked per input; only
+the global handlers' check (LangChain's ``configure``: environment, context variables, hooks, a tenth of the
+path's CPU) is reused for ``GLOBAL_CHECK_S``, so a tracer switched on mid-run is seen within that.  Anything
+else, and the input goes through ``ainvoke`` as before: the chain handed to users stays the plain LCEL runnable,
+composable and traceable.
+
+The model run's end (or error) goes straight to our watchers' ``on_llm_end``/``on_llm_error``, as LangChain's
+manager would call an inline handler (its errors logged, raised only for ``raise_error``), without the
+manager's per-event machinery; the run manager handed to the model still carries new tokens and retries.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManager, AsyncCallbackManagerForLLMRun, BaseCallbackHandler
@@ -36,6 +44,11 @@ from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, 
 from langchain_core.utils.utils import LC_ID_PREFIX
 
 from chains.engine.callbacks import MODEL_EVENTS, TOP_CHAIN
+
+log = logging.getLogger(__name__)
+
+GLOBAL_CHECK_S = 1.0
+"""How long one look for global handlers (tracing, debug, hooks) stands, per compiled chain."""
 
 _MODEL_METHODS = ("ainvoke", "agenerate_prompt", "agenerate", "_agenerate_with_cache", "_convert_input")
 """What the compiled path steps over: a model that changes any of them is run as LangChain runs it."""
@@ -54,6 +67,8 @@ class CompiledChain:
     inline_parse: bool
     """The parser's ``aparse_result`` is LangChain's (``parse_result`` in a thread): call ``parse_result`` here."""
     takes_run_manager: bool
+    checked: list[Any] = field(default_factory=lambda: [0.0, False])
+    """``[until, found]``: the last look for global handlers (``_global_handlers``)."""
 
     def usable(self, handlers: Sequence[BaseCallbackHandler]) -> bool:
         """Whether this input can take the compiled path: only our watchers, and nothing else would see its runs."""
@@ -66,7 +81,17 @@ class CompiledChain:
             return False
         if model.output_version == "v1" or model._should_stream(async_api=True, **self.kwargs):
             return False
-        return not AsyncCallbackManager.configure(None, None, False).handlers  # tracing, debug, hooks
+        return not self._global_handlers()
+
+    def _global_handlers(self) -> bool:
+        """Whether LangChain would add handlers of its own (tracing, debug, hooks): looked up once a second."""
+        now = time.monotonic()
+        checked = self.checked
+        if checked[0] > now:
+            return checked[1]
+        found = bool(AsyncCallbackManager.configure(None, None, False).handlers)
+        checked[:] = [now + GLOBAL_CHECK_S, found]
+        return found
 
     async def ainvoke(self, value: Any, config: RunnableConfig) -> Any:
         """The chain's output for ``value``, as ``chain.ainvoke(value, config)`` gives it (``usable`` first)."""
@@ -117,8 +142,7 @@ class CompiledChain:
             else:
                 result = await self.model._agenerate(messages, stop=self.stop, **self.kwargs)
         except Exception as exc:
-            if handlers:
-                await manager.on_llm_error(exc, response=LLMResult(generations=[]))
+            await _tell(handlers, "on_llm_error", exc, manager, response=LLMResult(generations=[]))
             raise
         for index, generation in enumerate(result.generations):  # as BaseChatModel._agenerate_with_cache
             message = generation.message
@@ -130,11 +154,33 @@ class CompiledChain:
             message.response_metadata = {**result.llm_output, **message.response_metadata}
         if handlers:
             generations = cast(list[Any], result.generations)
-            await manager.on_llm_end(LLMResult(generations=[generations], llm_output=result.llm_output))
+            await _tell(
+                handlers, "on_llm_end", LLMResult(generations=[generations], llm_output=result.llm_output), manager
+            )
         answer: list[Generation] = [ChatGeneration(message=result.generations[0].message)]
         if self.inline_parse:
             return self.parser.parse_result(answer)
         return await self.parser.aparse_result(answer)
+
+
+async def _tell(
+    handlers: list[BaseCallbackHandler], event: str, payload: Any, manager: AsyncCallbackManagerForLLMRun, **extra: Any
+) -> None:
+    """One model-run event to each watcher, as LangChain's manager calls an inline handler: awaited in turn, with
+    the run's ids and tags; a handler's error is logged, or raised when it asks (``raise_error``)."""
+    for handler in handlers:
+        if handler.ignore_llm:
+            continue
+        try:
+            outcome = getattr(handler, event)(
+                payload, run_id=manager.run_id, parent_run_id=manager.parent_run_id, tags=manager.tags, **extra
+            )
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception as exc:
+            if handler.raise_error:
+                raise
+            log.warning("Error in %s.%s callback: %r", type(handler).__name__, event, exc)
 
 
 Invoke = Callable[[Any, RunnableConfig], Awaitable[Any]]
