@@ -234,6 +234,8 @@ class PriceTable:
 
     def cost_of_usage(self, model: str | None, usage: Any, tier: Tier = "online") -> float | None:
         """USD for a LangChain ``UsageMetadata`` (a provider's report: any shape is taken, none raises)."""
+        if self.rates(model, tier) is None:
+            return None  # no price: nothing to count
         if not isinstance(usage, Mapping):
             usage = {}
         details = usage.get("input_token_details")
