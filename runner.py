@@ -568,12 +568,23 @@ def _needs_exit_handlers() -> bool:
     return False
 
 
-def main_entry() -> None:
-    """The ``chain-runner`` console script."""
+def main_entry(prog: str = "chain-runner") -> NoReturn:
+    """The program (the ``chain-runner`` console script, ``python runner.py``): the process is its own."""
+    own_process()
+    finish(main(prog=prog))
+
+
+def own_process() -> None:
+    """What the program does with a process that is its own, before the command: SIGTERM as Ctrl-C, a run may
+    freeze the long-lived heap (``chains.engine.heap``), packages imported for nothing on the way to the first
+    request wait for their first use (``chains.cli.lazy_imports``)."""
+    from chains.cli.lazy_imports import defer_all
+    from chains.engine.heap import claim_process
+
     _sigterm_interrupts()
-    finish(main(prog="chain-runner"))
+    claim_process()
+    defer_all()
 
 
 if __name__ == "__main__":
-    _sigterm_interrupts()
-    finish(main(prog="runner.py"))
+    main_entry("runner.py")

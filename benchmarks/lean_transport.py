@@ -145,6 +145,7 @@ def cli_child(exit_mode: str, argv: list[str]) -> None:
     sys.path.insert(0, str(RUNNER.parent))
     import runner
 
+    runner.own_process()  # as ``python runner.py`` starts
     code = runner.main(argv)
     if exit_mode == "finish":
         runner.finish(code)

@@ -321,9 +321,12 @@ async def _consume(
     """Write each record as it finishes; after a stop, count the inputs it cancelled (they get no record)."""
     import asyncio
 
+    from chains.engine.heap import HeapFreeze
     from chains.engine.interrupt import no_ctrl_c_echo
 
     last = None
+    heap = HeapFreeze()
+    heap.start()  # the process is ours: its long-lived heap leaves the collector's walks (chains.engine.heap)
     with contextlib.ExitStack() as stack:
         stack.enter_context(stop.signals())
         stack.enter_context(no_ctrl_c_echo(sys.stderr if progress is not None else None))
@@ -333,6 +336,7 @@ async def _consume(
             stack.callback(refresh.cancel)
         try:
             async for last in batch:
+                heap.count()
                 stop.finished(last)
                 _deliver(last, sink, live, stderr)
                 if progress is not None:
