@@ -14,15 +14,13 @@ model's tools and structured output are checked answer for answer against ``Chat
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from fault_server import FaultServer
 from langchain_core.language_models import BaseChatModel
 from langchain_tests.unit_tests import ChatModelUnitTests
-from llama_server import MODEL_ALIAS
-from test_standard import _SessionOverHTTP
+from test_standard import _OnFaultServer, _OnLlamaCpp, _SessionOverHTTP
 
 from chains.providers.lean import LeanChatOpenAI
 from chains.providers.managed import ManagedChatModel
@@ -87,43 +85,14 @@ class _ManagedLeanOverHTTP(_SessionOverHTTP):
     http_backend = "lean"
 
 
-@pytest.fixture(scope="class")
-def _fault_server_url() -> Iterator[str]:
-    with FaultServer().start() as server:
-        yield server.base_url
+class TestLeanFaultServer(_OnFaultServer, _LeanOverHTTP):
+    pass
 
 
-class TestLeanFaultServer(_LeanOverHTTP):
-    @pytest.fixture(autouse=True, scope="class")
-    @classmethod
-    def _server(cls, _fault_server_url: str) -> None:
-        cls.base_url = _fault_server_url
-
-    @property
-    def model_override_value(self) -> str:
-        return "other-model"
-
-
-class TestManagedLeanFaultServer(_ManagedLeanOverHTTP):
-    @pytest.fixture(autouse=True, scope="class")
-    @classmethod
-    def _server(cls, _fault_server_url: str) -> None:
-        cls.base_url = _fault_server_url
-
-    @property
-    def model_override_value(self) -> str:
-        return "other-model"
+class TestManagedLeanFaultServer(_OnFaultServer, _ManagedLeanOverHTTP):
+    pass
 
 
 @pytest.mark.slow
-class TestManagedLeanLlamaCpp(_ManagedLeanOverHTTP):
-    served_model = MODEL_ALIAS
-
-    @pytest.fixture(autouse=True, scope="class")
-    @classmethod
-    def _server(cls, llama_server: str) -> None:
-        cls.base_url = llama_server
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False
+class TestManagedLeanLlamaCpp(_OnLlamaCpp, _ManagedLeanOverHTTP):
+    pass

@@ -198,8 +198,11 @@ class _SessionOverHTTP(ChatModelIntegrationTests):
         return False
 
 
-class TestManagedOpenAIFaultServer(_SessionOverHTTP):
+class _OnFaultServer:
+    """Against the fault server (one per class), which answers as the model the request names."""
+
     served_model = "fake-model"
+    base_url: str
 
     @pytest.fixture(autouse=True, scope="class")
     @classmethod
@@ -210,12 +213,14 @@ class TestManagedOpenAIFaultServer(_SessionOverHTTP):
 
     @property
     def model_override_value(self) -> str:
-        return "other-model"  # the fault server answers as the model the request names
+        return "other-model"
 
 
-@pytest.mark.slow
-class TestManagedOpenAILlamaCpp(_SessionOverHTTP):
+class _OnLlamaCpp:
+    """Against the real llama.cpp server (tests/llama_server.py), which serves one model: no model override."""
+
     served_model = MODEL_ALIAS
+    base_url: str
 
     @pytest.fixture(autouse=True, scope="class")
     @classmethod
@@ -225,6 +230,15 @@ class TestManagedOpenAILlamaCpp(_SessionOverHTTP):
     @property
     def supports_model_override(self) -> bool:
         return False
+
+
+class TestManagedOpenAIFaultServer(_OnFaultServer, _SessionOverHTTP):
+    pass
+
+
+@pytest.mark.slow
+class TestManagedOpenAILlamaCpp(_OnLlamaCpp, _SessionOverHTTP):
+    pass
 
 
 # ----------------------------------------------------------------------------- what the suite relies on
