@@ -119,3 +119,39 @@ def test_the_cli_run_never_loads_langsmiths_generated_types(tmp_path: Path) -> N
         """.replace("OUT", repr(str(tmp_path / "out.jsonl"))),
     )
     assert out == ["0", "False", "Run", "True"]
+
+
+def test_threads_asking_at_once_get_the_whole_package_loaded_once(tmp_path: Path) -> None:
+    slow_init = _INIT.replace("Big = ", "import time; time.sleep(0.2)\n    Big = ")
+    where = _package(tmp_path, slow_init)
+    out = _run(
+        where,
+        """
+        import builtins, threading
+        from chains.cli.lazy_imports import defer
+        defer("heavy")
+        got = []
+        def ask():
+            from heavy import Big
+            got.append(Big)
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        print(len(got), len(set(got)), builtins.RAN)
+        """,
+    )
+    assert out == ["4", "1", "1"]
+
+
+def test_a_package_with_its_own_module_getattr_answers_with_it_once_loaded(tmp_path: Path) -> None:
+    where = _package(tmp_path, textwrap.dedent(_INIT) + "\ndef __getattr__(attr):\n    return 'lazy ' + attr\n")
+    out = _run(
+        where,
+        """
+        from chains.cli.lazy_imports import defer
+        defer("heavy")
+        import heavy
+        print(heavy.anything.replace(" ", "_"), heavy.Big.replace(" ", "_"), heavy.other.replace(" ", "_"))
+        """,
+    )
+    assert out == ["lazy_anything", "the_whole_API", "lazy_other"]

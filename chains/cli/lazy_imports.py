@@ -41,22 +41,28 @@ def defer(name: str) -> bool:
     if spec is None or spec.submodule_search_locations is None or not hasattr(loader, "exec_module"):
         return False
     module = importlib.util.module_from_spec(spec)
-    lock = threading.RLock()
+    lock = threading.RLock()  # another thread asking meanwhile waits for the whole package
+    state = {"loading": False, "loaded": False}
 
     def __getattr__(attr: str) -> Any:
         with lock:
-            if module.__dict__.get("__getattr__") is __getattr__:
-                del module.__dict__["__getattr__"]  # the package's own (if it has one) comes with its __init__
+            if not state["loaded"] and not state["loading"]:  # the package's own lookups while it loads: below
+                state["loading"] = True
                 try:
                     loader.exec_module(module)  # type: ignore[union-attr]
                 except BaseException:
                     sys.modules.pop(name, None)  # as a failed import: the next one tries again, and fails alike
                     raise
+                finally:
+                    state["loading"] = False
+                state["loaded"] = True
+                if module.__dict__.get("__getattr__") is __getattr__:  # else the package's own replaced it
+                    del module.__dict__["__getattr__"]
         try:
             return module.__dict__[attr]
         except KeyError:
             package_getattr = module.__dict__.get("__getattr__")
-            if package_getattr is not None:
+            if package_getattr is not None and package_getattr is not __getattr__:
                 return package_getattr(attr)
             raise AttributeError(f"module {name!r} has no attribute {attr!r}") from None
 
