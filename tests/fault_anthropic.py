@@ -139,8 +139,7 @@ class AnthropicServer(FaultServer):
     def release_batches(self) -> None:
         self.released = True
         for batch in list(self._batch_list):
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(batch.wake.set)
+            self._call_soon(batch.wake.set)
 
     def stats(self, include_log: bool = True) -> dict[str, Any]:
         data = super().stats(include_log)
@@ -156,9 +155,7 @@ class AnthropicServer(FaultServer):
         with self._lock:
             return next((f for f in self._faults if f.kind in kinds and f.fires(key, model)), None)
 
-    async def _serve(self, on_ready: Any) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
+    def _app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_post("/v1/messages", self._handle_message)
         app.router.add_post("/v1/messages/batches", self._handle_create)
@@ -166,16 +163,7 @@ class AnthropicServer(FaultServer):
         app.router.add_get("/v1/messages/batches/{id}", self._handle_get)
         app.router.add_get("/v1/messages/batches/{id}/results", self._handle_results)
         app.router.add_post("/v1/messages/batches/{id}/cancel", self._handle_cancel)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
-            self.port = runner.addresses[0][1]
-            on_ready()
-            await self._stop_event.wait()
-        finally:
-            await runner.cleanup()
+        return app
 
     # ------------------------------------------------------------------ one message
 

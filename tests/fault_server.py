@@ -40,22 +40,20 @@ error responses and resets included.
 
 The pieces: ``fault_settings`` (the settings, the rate limiter), ``fault_rules`` (the fault
 kinds and one rule), ``fault_replies`` (writing one answer: a ``Reply`` per request); this
-module is the server itself (lifecycle, bookkeeping, control API, the standalone ``main``).
+module is the server itself (bookkeeping, control API, the standalone ``main``; its lifecycle: ``threaded_server``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
-import signal
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
@@ -63,6 +61,7 @@ from fault_batches import Batches
 from fault_replies import Reply, error_body, send_json
 from fault_rules import FAULT_KINDS, MID_STREAM_KINDS, Rule, RuleBook
 from fault_settings import DEFAULT_SETTINGS, Config, RateLimiter, normalize_settings
+from threaded_server import ThreadedServer
 
 __all__ = [
     "DEFAULT_SETTINGS",
@@ -120,8 +119,8 @@ def _length(body: dict[str, Any], cfg: Config) -> tuple[int, str]:
 # ----------------------------------------------------------------------------- server
 
 
-class FaultServer(RuleBook):
-    """OpenAI-compatible fault-injecting server running on its own loop/thread.
+class FaultServer(ThreadedServer, RuleBook):
+    """OpenAI-compatible fault-injecting server running on its own loop/thread (``threaded_server``).
 
     Fault rules: ``add_fault(kind, match=None, times=None, **kw)`` (kw: see ``fault_rules.Rule``), ``faults()``,
     ``clear_faults()``.
@@ -138,9 +137,7 @@ class FaultServer(RuleBook):
         log_limit: int | None = 200_000,
         **settings: Any,
     ) -> None:
-        self.host = host
-        self.port = port
-        self._shutdown_timeout = shutdown_timeout
+        self._init_server(host, port, shutdown_timeout)
         self._cfg = Config(normalize_settings(DEFAULT_SETTINGS, settings))
         self._lock = threading.Lock()
         self._rules: list[Rule] = []
@@ -150,11 +147,6 @@ class FaultServer(RuleBook):
         self._log: deque[dict[str, Any]] = deque(maxlen=log_limit)
         self._reset_counters()
         self._batches = Batches(self._pick_fault, _digest, _length, lambda: self._cfg, self._created)
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -162,59 +154,7 @@ class FaultServer(RuleBook):
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
-    @property
-    def root_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout: float = 10.0) -> FaultServer:
-        """Start serving on a daemon thread; returns self once the port is bound."""
-        if self._thread is not None:
-            raise RuntimeError("FaultServer already started")
-        self._ready.clear()
-        self._thread = threading.Thread(target=self._thread_main, name="fault-server", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError("FaultServer did not start in time")
-        if self._startup_error is not None:
-            self._thread.join()
-            self._thread = None
-            raise RuntimeError("FaultServer failed to start") from self._startup_error
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop serving: cancel in-flight handlers, clean up the runner, join the thread."""
-        thread, loop, stop_event = self._thread, self._loop, self._stop_event
-        if thread is None:
-            return
-        if loop is not None and stop_event is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # loop closed in between
-                loop.call_soon_threadsafe(stop_event.set)
-        thread.join(timeout)
-        if thread.is_alive():
-            raise RuntimeError("FaultServer thread did not stop in time")
-        self._thread = None
-
-    def __enter__(self) -> FaultServer:
-        if self._thread is None:
-            self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _thread_main(self) -> None:
-        try:
-            asyncio.run(self._serve(self._ready.set))
-        except BaseException as exc:
-            if not self._ready.is_set():
-                self._startup_error = exc
-                self._ready.set()
-            else:  # pragma: no cover - unexpected crash after startup
-                raise
-
-    async def _serve(self, on_ready: Callable[[], None]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
+    def _app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._handle_chat)
         app.router.add_get("/v1/models", self._handle_models)
@@ -226,22 +166,7 @@ class FaultServer(RuleBook):
         app.router.add_delete("/_control/faults", self._handle_clear_faults)
         app.router.add_post("/_control/reset", self._handle_reset)
         self._batches.add_routes(app.router)
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            handler_cancellation=True,
-            shutdown_timeout=self._shutdown_timeout,
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self.port, backlog=1024)
-            await site.start()
-            self.port = runner.addresses[0][1]
-            on_ready()
-            await self._stop_event.wait()
-        finally:
-            await runner.cleanup()
+        return app
 
     # ------------------------------------------------------------------ control API
 
@@ -534,28 +459,6 @@ class FaultServer(RuleBook):
         else:
             self.reset_stats()
         return web.json_response({"ok": True})
-
-    # ------------------------------------------------------------------ standalone
-
-    async def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
-        """Serve on the current loop until SIGTERM/SIGINT (standalone mode)."""
-        loop = asyncio.get_running_loop()
-
-        def ready() -> None:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._request_stop)
-            if on_ready is not None:
-                on_ready()
-
-        try:
-            await self._serve(ready)
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-
-    def _request_stop(self) -> None:
-        if self._stop_event is not None:
-            self._stop_event.set()
 
 
 def fault_server_fixture() -> Iterator[FaultServer]:
