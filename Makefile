@@ -22,12 +22,13 @@ lint:
 	$(PYTHON) -m mypy
 
 # Everyday: everything but the tests that need the real model server, the notebook or a wheel build.
+# The slowest tests are listed at the end: where CI's minutes go.
 test:
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTHON) -m pytest -q -m "not slow" --durations=15
 
 # Everything, as CI runs it.
 test-all:
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=15
 
 story:
 	$(PYTHON) runner.py story --topics examples/topics.txt
