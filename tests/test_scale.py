@@ -29,7 +29,10 @@ from chains.engine.resume import input_key
 from chains.errors import InputError, ProviderError
 from chains.providers.models import ModelSession
 from chains.scale import run_on_ray
+from chains.scale.pool import Worker, WorkerPool
 from chains.scale.ray_engine import RayRun, WorkerLostError
+from chains.scale.throughput import WorkerStats
+from chains.scale.worker import ChainWorker, WorkerSpec
 from chains.settings import RunSettings
 from chains.spec.registry import chain_info, get_chain
 
@@ -277,3 +280,51 @@ async def test_a_slow_input_does_not_hold_back_the_records_of_its_workers_other_
         arrived.append((time.monotonic(), record.input["text"]))
     assert len(arrived) == 21 and arrived[-1][1] == "slow one"
     assert arrived[-1][0] - arrived[-2][0] >= 1.0  # the others were all back long before: none waited in its chunk
+
+
+def _fast_worker(pool: WorkerPool, load: int) -> Worker:
+    """A worker of ``pool`` that delivered 400 records in its first second (the offline model's pace)."""
+    worker = Worker(None, WorkerStats("w0", items=400, first=0.0, last=1.0), load=load)
+    pool.workers.append(worker)
+    return worker
+
+
+async def test_a_fast_worker_is_sent_whole_chunks_before_its_window_runs_dry(ray_cluster: Any) -> None:
+    pool = WorkerPool(ray_cluster, WorkerSpec("story", FAKE, chain_info("story").digest), window=32, replacements=0)
+    chunk = pool.room(_fast_worker(pool, load=0))
+    assert 1 < chunk <= 16  # a fast worker gets its inputs several to a call
+    # one record just came back, 31 inputs still run: the next call carries a whole chunk, not the one place freed
+    assert pool.room(_fast_worker(pool, load=31)) == chunk
+    # every place busy: a chunk more goes now, to wait in the worker, so it never idles while the driver hears of a
+    # chunk done and sends the next...
+    assert pool.room(_fast_worker(pool, load=32)) == chunk
+    assert pool.room(_fast_worker(pool, load=32 + chunk)) == 0  # ...but never more than one chunk beyond its window
+
+
+async def test_a_worker_runs_at_most_its_window_of_the_inputs_it_holds() -> None:
+    settings = FAKE.model_copy(update={"max_concurrency": 2, "fake_token_delay": 0.002})
+    worker = ChainWorker(WorkerSpec("story", settings, chain_info("story").digest), "w0")  # no Ray: the class itself
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, worker._run.in_flight if worker._run is not None else 0)
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        records = await worker.run_many([(i, topic) for i, topic in enumerate(TOPICS[:6])])
+    finally:
+        watcher.cancel()
+        await worker.close()
+    assert [r["error"] for r in records] == [None] * 6 and all(r["output"] for r in records)
+    assert peak == 2  # what the driver sent beyond the window waited for a place
+
+
+async def test_a_fast_worker_gets_its_inputs_in_few_ray_calls(ray_cluster: Any) -> None:
+    settings = RunSettings(model="fake", max_concurrency=32)
+    run = run_on_ray("story", [{"topic": f"calls {i}"} for i in range(800)], settings=settings, workers=1)
+    assert all(record.ok for record in await collect(run))
+    (worker,) = run.summary.to_dict()["per_worker"]
+    assert worker["items"] == 800 and worker["calls"] <= 800 / 8  # a Ray call costs about 1 ms of the worker's CPU

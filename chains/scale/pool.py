@@ -1,11 +1,17 @@
-"""The run's worker actors: started, handed inputs (the least loaded first, never more than a window each, in
-chunks), replaced when one dies, and killed at the end.
+"""The run's worker actors: started, handed inputs (the least loaded first, in chunks, never more than a window and a
+chunk each), replaced when one dies, and killed at the end.
 
-A Ray call costs about half a millisecond of CPU on each side, as much as a short chain on the offline model, so a
-fast worker gets its inputs in chunks (one call, ``CHUNK`` at most); but a chunk's records come back together, when
-its slowest input is done, and the inputs done before it hold their places in the window meanwhile.  So a chunk is
-as small as keeps a worker near ``CALLS_PER_S`` calls a second: 1 for model calls that take a while (every record
-back as soon as it is done), up to ``CHUNK`` for a worker that finishes hundreds of inputs a second.
+A Ray call costs about a millisecond of a worker's CPU (Ray's own thread takes the GIL to start it and to send its
+records back), as much as a short chain on the offline model, so a fast worker gets its inputs in chunks (one call,
+``CHUNK`` at most), as many as keep it near ``CALLS_PER_S`` calls a second: 1 for model calls that take a while
+(every record back as soon as it is done), up to ``CHUNK`` for a worker that finishes hundreds of inputs a second.
+
+A chunk's records come back together, when its slowest input is done, and a call reaches a busy worker's event loop
+only tens of milliseconds after it was sent (Ray's thread waits for the GIL).  Neither leaves a worker's places idle:
+it runs at most its window of inputs at once (``ChainWorker``), and it is sent its next whole chunk as soon as it
+holds no more than its window, so that chunk waits in the worker and takes each place as an input ends.  (Measured,
+``story`` on the offline model: chunks cut to the one place a record freed and no chunk ahead kept a worker's loop
+at about 12 of its 32 inputs, and 1 input in 5 paid for a Ray call.)
 
 Each worker is an async Ray actor (``chains.scale.worker.ChainWorker``) with room for its window of inputs
 plus its own calls; it holds one CPU, so a cluster places at most one worker per CPU.  A dead worker is
@@ -25,9 +31,9 @@ from chains.errors import ChainRunnerError, UsageError, one_line
 from chains.scale.throughput import WorkerStats
 from chains.scale.worker import ChainWorker, WorkerSpec
 
-CHUNK = 8
+CHUNK = 16
 """Inputs per Ray call at most."""
-CALLS_PER_S = 50.0
+CALLS_PER_S = 20.0
 """Chunks grow with a worker's rate so that it gets about this many calls a second at most (a few % of a core)."""
 READY_TIMEOUT_S = 120.0
 """How long the run waits for its workers to start and build their chains (a cluster may have to make room)."""
@@ -58,7 +64,7 @@ class WorkerPool:
         self.stats: list[WorkerStats] = []
         """Every worker's numbers, in start order (replacements included)."""
         self._actor = ray.remote(ChainWorker).options(
-            num_cpus=1, max_concurrency=window + 4, max_restarts=0, max_task_retries=0
+            num_cpus=1, max_concurrency=window + CHUNK + 4, max_restarts=0, max_task_retries=0
         )
 
     def start(self, count: int) -> None:
@@ -86,15 +92,22 @@ class WorkerPool:
         return [w for w in self.workers if w.stats.alive]
 
     def free(self) -> Worker | None:
-        """The least loaded live worker with room for another input, if any."""
-        room = [w for w in self.live if w.load < self.window]
+        """The least loaded live worker with room for another chunk, if any."""
+        room = [w for w in self.live if self.room(w) > 0]
         return min(room, key=lambda w: w.load) if room else None
 
-    def room(self, worker: Worker) -> int:
-        """How many inputs to send ``worker`` in its next call: its free places, in a chunk sized by its rate."""
+    def chunk(self, worker: Worker) -> int:
+        """Inputs per call to ``worker``: sized by its rate (1 until it has delivered, or for slow model calls)."""
         rate = worker.stats.items_per_s
-        chunk = 1 if rate is None else math.ceil(rate / CALLS_PER_S)
-        return max(0, min(chunk, CHUNK, max(1, self.window // 2), self.window - worker.load))
+        size = 1 if rate is None else math.ceil(rate / CALLS_PER_S)
+        return max(1, min(size, CHUNK, max(1, self.window // 2)))
+
+    def room(self, worker: Worker) -> int:
+        """How many inputs to send ``worker`` in its next call: a whole chunk while it holds no more than its window,
+        else none.  So a worker holds at most a chunk beyond its window, which waits there for a place
+        (``ChainWorker`` runs a window at once): its places never stand idle while the driver hears of a chunk done
+        and sends the next, and a chunk is never cut to the one place a single record freed."""
+        return self.chunk(worker) if worker.load <= self.window else 0
 
     def submit(self, worker: Worker, inputs: list[tuple[int, Any]]) -> tuple[asyncio.Future[Any], Any]:
         """Send a chunk of inputs to ``worker``: the future of their records here, and its Ray object ref (to cancel)."""
@@ -156,7 +169,7 @@ class WorkerPool:
     def _add(self, *, replacement: bool) -> Worker:
         name = f"w{len(self.workers)}"
         try:
-            handle = self._actor.remote(self.spec, name)
+            handle = self._actor.remote(self.spec, name, own_process=True)
         except Exception as exc:  # the spec (key function, callbacks) could not be sent
             raise UsageError(
                 f"cannot send the run to a Ray worker ({one_line(str(exc), 160)}); the key function and the "

@@ -101,7 +101,8 @@ class RayRun:
         self.skip = skip
         self.callbacks = list(callbacks)
         self.window = window or self.settings.inputs_in_flight
-        """Inputs in flight per worker (default: ``settings.inputs_in_flight``, as one process has)."""
+        """Inputs a worker runs at once (default: ``settings.inputs_in_flight``, as one process has); the driver sends it
+        up to a chunk more, which waits there for a place (``chains.scale.pool``)."""
         self.governed = governed
         """One governor actor holds the run's limits for every worker; False: each worker has its own."""
         self.max_losses = max_losses
@@ -132,7 +133,9 @@ class RayRun:
         self._cluster = cluster = connect(self.workers_wanted, self.address)
         try:
             self._governor = start_governor(self.settings, window_s=self.rate_window_s) if self.governed else None
-            spec = WorkerSpec(self.chain_name, self.settings, digest, self.key, tuple(self.callbacks), self._governor)
+            spec = WorkerSpec(
+                self.chain_name, self.settings, digest, self.key, tuple(self.callbacks), self._governor, self.window
+            )
             pool = WorkerPool(cluster.ray, spec, window=self.window, replacements=cluster.workers)
             self.summary.workers = pool.stats  # the same list: replacements appear as they start
             pool.start(cluster.workers)

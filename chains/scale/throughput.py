@@ -31,12 +31,15 @@ class WorkerStats:
     lost: int = 0
     """Inputs that were in flight on it when it died (run again elsewhere)."""
     alive: bool = True
+    calls: int = 0
+    """Ray calls that carried its inputs (each a chunk of them, ``chains.scale.pool``)."""
     first: float | None = None
     """When it was handed its first input."""
     last: float | None = None
     """When its last record arrived (or it died)."""
 
     def dispatched(self) -> None:
+        self.calls += 1
         if self.first is None:
             self.first = time.perf_counter()
 
@@ -65,6 +68,7 @@ class WorkerStats:
             "items_per_s": None if rate is None else round(rate, 3),
             "lost": self.lost,
             "alive": self.alive,
+            "calls": self.calls,
         }
 
 

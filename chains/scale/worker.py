@@ -6,31 +6,31 @@ the CLI does, once, on first use, on the actor's own event loop.  Each input the
 ``BatchRun`` path as in one process (key, budget, limits, metrics, failures as records); what comes back is
 plain data (``chains.scale.wire``).
 
+A worker runs at most its window of inputs at once (``--max-concurrency``, as one process does); the driver sends it a
+chunk more (``chains.scale.pool``), and those wait here for a place, so that no place stands idle while the next
+chunk is on its way.
+
 The chain's prompt files are checked against the driver's digest: a node whose ``--prompts-dir`` differs would
 answer with other prompts under the same resume keys.
 
 A worker process holds a large heap for the whole run (Ray, LangChain, pydantic, the chain), and LangChain allocates
 many small containers per model call, so Python's cyclic garbage collector kept walking that heap (about 140,000
-objects): nearly a third of a worker's CPU on the offline model.  ``gc.freeze()`` once the chain is built, and again
-after the first inputs (whose caches also live for the run), leaves it out of every later collection (measured in a
-Ray worker, ``story`` on the offline model: 2.2 → 1.5 ms of CPU per input, the collector's share 0.65 → 0.1 ms).
-The price: cyclic garbage of the inputs in flight at that moment is never collected (a few MB, once).
+objects): nearly a third of a worker's CPU on the offline model.  The actor's process is ours, so it freezes that
+heap once the chain is built and again after the first inputs (``chains.engine.heap``, as the CLI does; measured in
+a Ray worker, ``story`` on the offline model: 2.2 → 1.5 ms of CPU per input, the collector's share 0.65 → 0.1 ms).
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from chains.engine.heap import HeapFreeze, claim_process
 from chains.errors import UsageError
 from chains.settings import RunSettings
-
-FREEZE_AFTER = 64
-"""Inputs after which what the worker has built up so far is frozen out of the garbage collector's walks."""
 
 
 @dataclass(frozen=True)
@@ -46,18 +46,25 @@ class WorkerSpec:
     """LangChain callback handlers; they run here, in the worker process."""
     governor: Any = None
     """The run's governor actor (``chains.scale.governor``); None: the worker's own in-process limits."""
+    window: int | None = None
+    """Inputs the worker runs at once (None: ``settings.inputs_in_flight``); the driver sends a chunk more, which
+    waits here for a place (``chains.scale.pool``)."""
 
 
 class ChainWorker:
     """The actor class (made a Ray actor by the driver, ``ray.remote(ChainWorker)``): Ray is not imported here."""
 
-    def __init__(self, spec: WorkerSpec, name: str) -> None:
+    def __init__(self, spec: WorkerSpec, name: str, *, own_process: bool = False) -> None:
+        """``own_process``: this is a Ray actor's process (the pool says so), whose heap the worker may freeze."""
+        if own_process:
+            claim_process()
         self.spec = spec
         self.name = name
         self._run: Any = None
         self._session: Any = None
         self._lock: asyncio.Lock | None = None
-        self._done = 0
+        self._gate = asyncio.Semaphore(spec.window or spec.settings.inputs_in_flight)
+        self._heap = HeapFreeze()
 
     async def info(self) -> dict[str, Any]:
         """The worker's process and node, once its chain is built (a worker that cannot build it fails here)."""
@@ -72,11 +79,10 @@ class ChainWorker:
         from chains.scale.wire import to_wire
 
         run = await self._ready()
-        install_limits(run.limits)  # this call's own task context
-        record = await run._process(index, value)  # the one in-process path: key, budget, run_one
-        self._done += 1
-        if self._done == FREEZE_AFTER:
-            gc.freeze()
+        async with self._gate:  # at most a window at once: what the driver sent ahead waits for a place here
+            install_limits(run.limits)  # this call's own task context
+            record = await run._process(index, value)  # the one in-process path: key, budget, run_one
+        self._heap.count()
         return to_wire(record)
 
     async def run_many(self, inputs: list[tuple[int, Any]]) -> list[dict[str, Any]]:
@@ -99,7 +105,7 @@ class ChainWorker:
         async with self._lock:
             if self._run is None:
                 self._run = self._build()
-                gc.freeze()  # what lives for the whole run is walked by no later collection (above)
+                self._heap.start()  # what lives for the whole run is walked by no later collection (above)
         return self._run
 
     def _build(self) -> Any:
