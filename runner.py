@@ -561,7 +561,7 @@ def _needs_exit_handlers() -> bool:
     main_thread = threading.main_thread()
     if any(t.is_alive() and not t.daemon and t is not main_thread for t in threading.enumerate()):
         return True
-    if "langsmith" in sys.modules:
+    if "langsmith.client" in sys.modules:  # a tracer was made (the bare package is imported by lazy_imports)
         from langsmith.utils import tracing_is_enabled
 
         return bool(tracing_is_enabled())

@@ -155,3 +155,22 @@ def test_a_package_with_its_own_module_getattr_answers_with_it_once_loaded(tmp_p
         """,
     )
     assert out == ["lazy_anything", "the_whole_API", "lazy_other"]
+
+
+def test_the_quick_commands_import_no_langchain_langsmith_or_http_client() -> None:
+    """``--help``, ``list`` and ``show`` stay quick (issue 16: ≤ 0.3 s): none of them imports LangChain, LangSmith's
+    client, an HTTP client or the SDK (the program's own start-up included: ``own_process``, ``finish``, which
+    once asked LangSmith whether tracing was on for any ``import langsmith``: 0.3 s more for ``--help``)."""
+    heavy = ("langchain_core", "langchain_openai", "openai", "aiohttp", "httpx", "httpx2", "requests", "langsmith.")
+    for command in (["--help"], ["list"], ["show", "story"]):
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", str(ROOT / "runner.py"), *command],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+        found = [m for m in imported if m.startswith(heavy) and m != "langsmith._version"]  # the bare package: ok
+        assert not found, (command, found)
