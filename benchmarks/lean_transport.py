@@ -47,6 +47,16 @@ ROWS = [
 ]
 BASELINE = "raw"
 PARTS = ("json", "stream", "startup")
+FLOORS = (
+    ("`python -c pass`", "pass"),
+    ("`import langchain_core.runnables.base` (a `Runnable`)", "import langchain_core.runnables.base"),
+    (
+        "the same, langsmith's generated types deferred as the CLI does",
+        f"import sys; sys.path.insert(0, {str(HERE.parent)!r}); import chains.cli.lazy_imports as lazy; lazy.defer_all(); "
+        "import langchain_core.runnables.base",
+    ),
+)
+"""The start-up floor, measured beside the CLI: the interpreter, and what any process with a LangChain chain imports."""
 
 
 # ----------------------------------------------------------------------------- this file's contenders
@@ -263,7 +273,12 @@ class Bench:
         after: dict[str, list[float]] = defaultdict(list)
         whole: dict[str, list[float]] = defaultdict(list)
         n = self.args.teardown_n
+        floors: dict[str, list[float]] = defaultdict(list)
         for _ in range(self.args.repeat):
+            for label, code in FLOORS:
+                floors[label].append(
+                    run_process([*self.pinning.client(), PY, "-c", code], env=self.env, timeout=120).wall_s
+                )
             for backend in backends:
                 first[backend].append(self.cli_times(server, backend)["first_request_s"])
                 if backend != "lean":
@@ -278,6 +293,7 @@ class Bench:
             "after_last_s": {m: statistics.median(v) for m, v in after.items()},
             "cli_cpu_ms": {b: statistics.median(v) for b, v in whole.items()},
             "imports_ms": {b: self.import_times(server, b) for b in backends},
+            "floors_s": {label: statistics.median(v) for label, v in floors.items()},
         }
 
 
@@ -317,6 +333,8 @@ def report(bench: Bench, json_rows: dict[str, Any], stream_rows: dict[str, Any],
         lines += ["| CLI (`runner.py run echo`) | seconds |", "|---|---:|"]
         for backend, seconds in startup["first_request_s"].items():
             lines.append(f"| start to first request, one input, http_backend={backend} | {seconds:.2f} |")
+        for label, seconds in (startup.get("floors_s") or {}).items():
+            lines.append(f"| floor: {label} | {seconds:.2f} |")
         for mode, seconds in startup["after_last_s"].items():
             lines.append(f"| last answer to exit, {a.teardown_n:,} inputs, lean, ended by `{mode}` | {seconds:.2f} |")
         for backend, per in startup["imports_ms"].items():
