@@ -45,6 +45,11 @@ from langchain_core.utils.utils import LC_ID_PREFIX
 
 from chains.engine.callbacks import MODEL_EVENTS, TOP_CHAIN
 
+try:  # private helpers of langchain-core's that the compiled path calls (``_langchain_has_what_we_call``)
+    from langchain_core.language_models import _utils
+except ImportError:  # pragma: no cover - a langchain-core without them runs every chain as LangChain runs it
+    _utils = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 GLOBAL_CHECK_S = 1.0
@@ -122,10 +127,8 @@ class CompiledChain:
         tags: list[str],
         metadata: dict[str, Any],
     ) -> Any:
-        from langchain_core.language_models._utils import _normalize_messages
-
         prompt_value = await self.prompt._aformat_prompt_with_error_handling(value)
-        messages = _normalize_messages(self.model._convert_input(prompt_value).to_messages())
+        messages = _utils._normalize_messages(self.model._convert_input(prompt_value).to_messages())
         manager = AsyncCallbackManagerForLLMRun(
             run_id=uuid.uuid4(),
             handlers=handlers,
@@ -205,9 +208,7 @@ def invoker(chain: Runnable[Any, Any]) -> Invoke:
 def _langchain_has_what_we_call() -> bool:
     """The compiled path calls a few of langchain-core's own private helpers; a release without them (or with them
     renamed) runs every chain as LangChain runs it instead of failing."""
-    try:
-        from langchain_core.language_models import _utils
-    except ImportError:
+    if _utils is None:
         return False
     return (
         callable(getattr(_utils, "_normalize_messages", None))
