@@ -15,6 +15,7 @@ CPU ms per request (non-streamed; also the CLI's whole process) and chunks per c
 ratios against raw ``AsyncOpenAI`` (httpx, as in the issue) and its aiohttp transport of the same run; then the
 CLI's start to its first request per backend, its last answer to its exit (ended by ``runner.finish`` or, as
 before, by ``sys.exit``), and ``-X importtime`` of its run by package.  ``--out FILE.json`` keeps every sample.
+As scenario 9 it also runs ``lean_layers.py`` (the lean path's CPU per request, layer by layer).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -393,8 +395,18 @@ def run_wire(suite: Any) -> None:
     bench = Bench(args, pinning=suite.pinning, env=suite.env, work=suite.work / "wire")
     suite.log("9. close to the wire (issue 16): client CPU per request, streamed chunks, CLI start-up and exit")
     out = measure(bench)
+    layers = subprocess.run(
+        [PY, str(HERE / "lean_layers.py"), *(["--quick"] if suite.quick else [])],
+        env=suite.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if layers.returncode != 0:
+        bench.failures.append(f"lean_layers.py: exit {layers.returncode}: {layers.stderr[-400:]}")
+    out["layers"] = layers.stdout
     suite.results["wire"] = {"title": "Close to the wire: the lean model beside raw clients", **out}
-    suite.log(out["table"])
+    suite.log(out["table"] + "\n\n" + layers.stdout)
     for failure in bench.failures:
         suite.fail(f"wire: {failure}")
 
