@@ -26,7 +26,7 @@ from ray_support import collect, run_python
 
 from chains.engine.execution import Record, run_batch
 from chains.engine.resume import input_key
-from chains.errors import InputError, ProviderError
+from chains.errors import InputError, ProviderError, UsageError
 from chains.providers.models import ModelSession
 from chains.scale import run_on_ray
 from chains.scale.pool import Worker, WorkerPool
@@ -95,6 +95,24 @@ async def test_story_on_two_workers_gives_the_records_of_one_process(ray_cluster
     phases = [summary["startup_s"], summary["run_s"], summary["shutdown_s"]]
     assert all(p is not None and p >= 0 for p in phases) and summary["run_s"] > 0  # the wall time, split honestly
     assert sum(phases) <= summary["wall_s"] + 1e-3 and summary["run_items_per_s"] >= summary["items_per_s"]
+
+
+async def test_a_shard_on_workers_gives_the_records_and_indexes_of_the_same_shard_in_one_process(
+    ray_cluster: Any,
+) -> None:
+    """Each record's index is its input's place in the whole file, as ``run_batch(shard=...)`` numbers it (they
+    were numbered within the shard), and the inputs passed over are counted for the summary."""
+    key = _key(FAKE)
+    async with ModelSession(FAKE) as session:
+        chain = get_chain("story", session.model)
+        batch = run_batch(chain, TOPICS, settings=FAKE, limits=session.limits, key=key, shard=(1, 3))
+        expected = await collect(batch)
+    run = run_on_ray("story", iter(TOPICS), settings=FAKE, workers=2, key=key, shard=(1, 3))
+    got = await collect(run)
+    assert 0 < len(expected) < len(TOPICS) and sorted(map(_shape, got)) == sorted(map(_shape, expected))
+    assert run.other_shards == batch.other_shards == len(TOPICS) - len(expected)
+    with pytest.raises(UsageError, match="needs key"):
+        run_on_ray("story", TOPICS, settings=FAKE, workers=1, shard=(0, 2))
 
 
 async def test_skip_and_bad_rows_are_as_in_one_process(ray_cluster: Any) -> None:

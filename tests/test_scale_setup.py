@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import cli
 from fault_server import FaultServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -92,6 +93,27 @@ asyncio.run(main())
 """
     report = json.loads(run_python(script, tmp_path).stdout.strip().splitlines()[-1])
     assert report == {"ok": [True, True], "connected": True}  # joined, not started: left connected
+
+
+def test_a_shard_on_a_cluster_writes_the_records_of_the_same_shard_in_one_process(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    """``--shard 1/3`` with ``--ray-address``: the same keys, outputs and indexes (each input's place in the file)
+    as ``--shard 1/3`` in one process, and the same shard line."""
+    (tmp_path / "topics.txt").write_text("".join(f"topic {i}\n" for i in range(12)))
+    address = ray_cluster.get_runtime_context().gcs_address
+    common = ["story", "--topics", "topics.txt", "--shard", "1/3", "--no-stream"]
+    alone = cli(*common, "--output", "alone.jsonl", cwd=tmp_path)
+    spread = cli(*common, "--output", "ray.jsonl", "--ray-address", address, "--workers", "1", cwd=tmp_path)
+    assert (alone.returncode, spread.returncode) == (0, 0), spread.stderr[-1500:]
+
+    def view(name: str) -> list[tuple[Any, ...]]:
+        rows = [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+        return sorted((r["index"], r["key"], r["output"]) for r in rows)
+
+    assert view("ray.jsonl") == view("alone.jsonl") and 0 < len(view("alone.jsonl")) < 12
+    shard_line = [line for line in alone.stderr.splitlines() if line.startswith("shard 1/3")]
+    assert shard_line and shard_line == [line for line in spread.stderr.splitlines() if line.startswith("shard 1/3")]
 
 
 async def test_more_workers_than_cpus_is_one_line(ray_cluster: Any) -> None:

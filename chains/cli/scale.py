@@ -54,13 +54,10 @@ def on_ray(
     skip: set[str],
     shard: Shard | None,
 ) -> Any:
-    """The run on the Ray engine.  It takes no shard: it is handed the shard's inputs (numbered among themselves).
-    No callbacks: they would run in the workers, and the live text and the stop's tracker belong to this process
-    (nor do they pickle)."""
-    from chains.engine.shard import select
-
-    source = select(inputs, key, shard) if shard is not None else inputs
-    admitted = stop.gate(source, lambda value: untracked(key, skip, None, value))
+    """The run on the Ray engine, its shard passed over by the engine as ``run_batch`` does (each record's index its
+    place in the file).  No callbacks: they would run in the workers, and the live text and the stop's tracker
+    belong to this process (nor do they pickle)."""
+    admitted = stop.gate(inputs, lambda value: untracked(key, skip, shard, value))
     run = engine(
         chain_name,
         admitted,
@@ -70,6 +67,7 @@ def on_ray(
         key=key,
         skip=skip,
         callbacks=(),
+        shard=shard,
     )
     run.start()  # Ray joined or started, workers built: a refusal is one line before any progress is shown
     stop.also(run.stop)  # a first Ctrl-C: no new input, those in flight on the workers cancelled and counted
@@ -118,7 +116,7 @@ def shard_summary(shard: Shard, counted: ShardCount | None, batch: Any, summary:
         inputs, of = counted
     else:
         inputs = summary["items"] + summary["skipped"]
-        passed = getattr(batch, "other_shards", None)  # a Ray run was handed this shard's inputs only
+        passed = getattr(batch, "other_shards", None)
         of = inputs + passed if passed is not None else None
     return {"index": shard.index, "count": shard.count, "inputs": inputs, "of": of}
 

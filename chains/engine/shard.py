@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -77,13 +77,6 @@ def parse_shard(text: str) -> Shard:
         raise UsageError(f"--shard {text}: {exc}; pass I/N with 0 <= I < N") from None
 
 
-def select(inputs: Iterable[Any], key: Callable[[Any], str], shard: Shard) -> Iterator[Any]:
-    """The inputs of ``shard``, lazily (an exception item, a reader's bad row, goes to shard 0)."""
-    for value in inputs:
-        if shard.owns(None if isinstance(value, BaseException) else key(value)):
-            yield value
-
-
 class ShardCount(NamedTuple):
     """How many of ``total`` inputs are the shard's (``inputs``)."""
 
@@ -100,4 +93,4 @@ def count_shard(inputs: Iterable[Any], key: Callable[[Any], str], shard: Shard) 
     return ShardCount(owned, total)
 
 
-__all__ = ["MAX_SHARDS", "Shard", "ShardCount", "as_shard", "count_shard", "parse_shard", "select", "shard_of"]
+__all__ = ["MAX_SHARDS", "Shard", "ShardCount", "as_shard", "count_shard", "parse_shard", "shard_of"]

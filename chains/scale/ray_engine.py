@@ -30,6 +30,7 @@ from typing import Any
 
 from chains.engine.execution import Record, error_dict
 from chains.engine.metrics import ItemMetrics
+from chains.engine.shard import Shard, as_shard
 from chains.errors import BudgetExceededError, ChainRunnerError, UsageError
 from chains.scale.cluster import Cluster, connect
 from chains.scale.governor import start_governor
@@ -81,6 +82,7 @@ class RayRun:
         key: Callable[[Any], str] | None = None,
         skip: Container[str] = (),
         callbacks: Sequence[Any] = (),
+        shard: Shard | tuple[int, int] | None = None,
         window: int | None = None,
         governed: bool = True,
         max_losses: int = MAX_LOSSES,
@@ -99,6 +101,11 @@ class RayRun:
         """The window of ``--rpm``/``--tpm`` (60 s; tests shrink it)."""
         self.key = key
         self.skip = skip
+        if shard is not None and key is None:
+            raise UsageError("run_on_ray(shard=...) needs key=...: an input's shard is the hash of its key")
+        self.shard = as_shard(shard) if shard is not None else None
+        self.other_shards = 0
+        """Inputs read and passed over: another shard's (as in ``BatchRun``; records keep their place in the file)."""
         self.callbacks = list(callbacks)
         self.window = window or self.settings.inputs_in_flight
         """Inputs a worker runs at once (default: ``settings.inputs_in_flight``, as one process has); the driver sends it
@@ -230,7 +237,13 @@ class RayRun:
             self._exhausted = True
             return None
         self._position += 1
+        if self.shard is not None and not self.shard.owns(self._key_of(value)):
+            self.other_shards += 1  # another shard's: no record, no count, but its place in the file is kept
+            return None
         return self._admit(self._position - 1, value)
+
+    def _key_of(self, value: Any) -> str | None:
+        return None if isinstance(value, BaseException) or self.key is None else self.key(value)
 
     def _admit(self, index: int, value: Any) -> _Job | Record | None:
         """An input read: a job to send, an error record without running (a bad row), or None (skipped)."""
@@ -316,13 +329,15 @@ def run_on_ray(
     key: Callable[[Any], str] | None = None,
     skip: Container[str] = (),
     callbacks: Sequence[Any] = (),
+    shard: Shard | tuple[int, int] | None = None,
 ) -> RayRun:
     """Run chain ``chain_name`` over ``inputs`` in Ray workers; ``async for record in run_on_ray(...)``.
 
     ``workers=N`` uses N worker processes, starting a local Ray for them if none is running in this process;
     ``address=`` joins an existing cluster (``HOST:PORT``, ``ray://HOST:PORT``, ``auto``), one worker per CPU
     unless ``workers`` says otherwise.  ``key``, ``skip`` and inputs that are exceptions work as in
-    ``run_batch``; ``callbacks`` run in the workers, so they must pickle.  The run's limits (``--max-concurrency``,
+    ``run_batch``, and so does ``shard=(I, N)`` (needs ``key``: only shard I's inputs run, each record's index its
+    place among all the inputs); ``callbacks`` run in the workers, so they must pickle.  The run's limits (``--max-concurrency``,
     ``--rpm``/``--tpm``, ``--max-cost``) hold across all workers: they live in one governor actor.
     """
     return RayRun(
@@ -334,6 +349,7 @@ def run_on_ray(
         key=key,
         skip=skip,
         callbacks=callbacks,
+        shard=shard,
     )
 
 
