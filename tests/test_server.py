@@ -740,16 +740,31 @@ def _spawn_serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], P
             [sys.executable, str(ROOT / "runner.py"), "serve", "--port", str(_free_port()), "--model", "fake", *args],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
-            env=runner_env(),
+            env=runner_env(PYTHONFAULTHANDLER="1"),  # a SIGABRT (see _exit_code) dumps every thread's stack
         )
     return process, err
+
+
+def _exit_code(process: subprocess.Popen[bytes], err: Path, within_s: float = 15) -> int:
+    """The process's exit code; one that does not end in time is made to show where each thread is (faulthandler
+    on SIGABRT, into its stderr) and fails the test with that, never left running into the next tests."""
+    try:
+        return process.wait(within_s)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        pytest.fail(f"serve did not end within {within_s:g}s of SIGTERM; its stderr:\n{err.read_text()[-6000:]}")
 
 
 def test_a_sigterm_before_serve_listens_is_an_interrupt(tmp_path: Path) -> None:
     process, err = _spawn_serve(tmp_path)
     time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
-    assert process.wait(15) == 130, err.read_text()
+    assert _exit_code(process, err) == 130, err.read_text()
     text = err.read_text()
     assert [line for line in text.splitlines() if line.startswith("interrupted")], text
     assert "Traceback" not in text

@@ -18,10 +18,10 @@ def own_process() -> None:
     """What the program does with a process that is its own, before the command: SIGTERM as Ctrl-C, a run may
     freeze the long-lived heap (``chains.engine.heap``), packages imported for nothing on the way to the first
     request wait for their first use (``chains.cli.lazy_imports``)."""
+    sigterm_interrupts()  # first: a SIGTERM while the rest starts is an interrupt too
     from chains.cli.lazy_imports import defer_all
     from chains.engine.heap import claim_process
 
-    sigterm_interrupts()
     claim_process()
     defer_all()
 
