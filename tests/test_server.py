@@ -476,13 +476,20 @@ def serving(tmp_path: Path, server: FaultServer, *args: str) -> Iterator[tuple[s
         yield url, process
     finally:
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _end(process, signal.SIGTERM, within_s=15)
         errors.close()
+
+
+def _end(process: subprocess.Popen[bytes], sig: int, within_s: float) -> bool:
+    """Send ``sig`` and reap the process, killing it after ``within_s``; whether it ended on ``sig`` alone."""
+    process.send_signal(sig)
+    try:
+        process.wait(within_s)
+        return True
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return False
 
 
 async def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
@@ -751,12 +758,7 @@ def _exit_code(process: subprocess.Popen[bytes], err: Path, within_s: float = 15
     try:
         return process.wait(within_s)
     except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGABRT)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _end(process, signal.SIGABRT, within_s=10)
         pytest.fail(f"serve did not end within {within_s:g}s of SIGTERM; its stderr:\n{err.read_text()[-6000:]}")
 
 
