@@ -29,7 +29,7 @@ from chains.engine.resume import input_key
 from chains.errors import InputError, ProviderError, UsageError
 from chains.providers.models import ModelSession
 from chains.scale import run_on_ray
-from chains.scale.pool import Worker, WorkerPool
+from chains.scale.pool import CHUNK, Worker, WorkerPool
 from chains.scale.ray_engine import RayRun, WorkerLostError
 from chains.scale.throughput import WorkerStats
 from chains.scale.worker import ChainWorker, WorkerSpec
@@ -310,13 +310,27 @@ def _fast_worker(pool: WorkerPool, load: int) -> Worker:
 async def test_a_fast_worker_is_sent_whole_chunks_before_its_window_runs_dry(ray_cluster: Any) -> None:
     pool = WorkerPool(ray_cluster, WorkerSpec("story", FAKE, chain_info("story").digest), window=32, replacements=0)
     chunk = pool.room(_fast_worker(pool, load=0))
-    assert 1 < chunk <= 16  # a fast worker gets its inputs several to a call
+    assert 1 < chunk <= CHUNK  # a fast worker gets its inputs several to a call
     # one record just came back, 31 inputs still run: the next call carries a whole chunk, not the one place freed
     assert pool.room(_fast_worker(pool, load=31)) == chunk
     # every place busy: a chunk more goes now, to wait in the worker, so it never idles while the driver hears of a
     # chunk done and sends the next...
     assert pool.room(_fast_worker(pool, load=32)) == chunk
     assert pool.room(_fast_worker(pool, load=32 + chunk)) == 0  # ...but never more than one chunk beyond its window
+
+
+async def test_a_worker_that_has_not_delivered_yet_is_sent_twice_the_last_call_each_time(ray_cluster: Any) -> None:
+    pool = WorkerPool(ray_cluster, WorkerSpec("story", FAKE, chain_info("story").digest), window=32, replacements=0)
+    worker = Worker(None, WorkerStats("w0"))
+    pool.workers.append(worker)
+    sizes = []
+    while (room := pool.room(worker)) > 0:
+        sizes.append(room)
+        worker.load += room
+        worker.stats.dispatched()
+    # its first input alone (a slow model's first record comes back by itself), then its window fills in a few calls
+    # (one Ray call per place cost a fast worker about 0.1 s at its start), and one call more waits there
+    assert sizes == [1, 2, 4, 8, 16, 32]
 
 
 async def test_a_worker_runs_at_most_its_window_of_the_inputs_it_holds() -> None:

@@ -11,7 +11,10 @@ only tens of milliseconds after it was sent (Ray's thread waits for the GIL).  N
 it runs at most its window of inputs at once (``ChainWorker``), and it is sent its next whole chunk as soon as it
 holds no more than its window, so that chunk waits in the worker and takes each place as an input ends.  (Measured,
 ``story`` on the offline model: chunks cut to the one place a record freed and no chunk ahead kept a worker's loop
-at about 12 of its 32 inputs, and 1 input in 5 paid for a Ray call.)
+at about 12 of its 32 inputs, and 1 input in 5 paid for a Ray call.)  Before a worker's first records come back
+nobody knows its rate, so each call carries twice the last (1, 2, 4, ...): one call per place had cost a fast
+worker its first ~0.15 s, 33 calls to fill a window of 32; a chunk is at most the window (a worker holds at most
+two), and 32 inputs a call at the offline model's pace costs about half the Ray calls of 16.
 
 Each worker is an async Ray actor (``chains.scale.worker.ChainWorker``) with room for its window of inputs
 plus its own calls; it holds one CPU, so a cluster places at most one worker per CPU.  A dead worker is
@@ -31,7 +34,7 @@ from chains.errors import ChainRunnerError, UsageError, one_line
 from chains.scale.throughput import WorkerStats
 from chains.scale.worker import ChainWorker, WorkerSpec
 
-CHUNK = 16
+CHUNK = 32
 """Inputs per Ray call at most."""
 CALLS_PER_S = 20.0
 """Chunks grow with a worker's rate so that it gets about this many calls a second at most (a few % of a core)."""
@@ -97,10 +100,12 @@ class WorkerPool:
         return min(room, key=lambda w: w.load) if room else None
 
     def chunk(self, worker: Worker) -> int:
-        """Inputs per call to ``worker``: sized by its rate (1 until it has delivered, or for slow model calls)."""
+        """Inputs per call to ``worker``: sized by its rate (1 for slow model calls); until it has delivered, twice the
+        last call's (1, 2, 4, ...): a slow model's first inputs still come back one by one, and a fast worker's window
+        fills in a few calls, not one call per place."""
         rate = worker.stats.items_per_s
-        size = 1 if rate is None else math.ceil(rate / CALLS_PER_S)
-        return max(1, min(size, CHUNK, max(1, self.window // 2)))
+        size = 2 ** min(worker.stats.calls, 16) if rate is None else math.ceil(rate / CALLS_PER_S)
+        return max(1, min(size, CHUNK, self.window))
 
     def room(self, worker: Worker) -> int:
         """How many inputs to send ``worker`` in its next call: a whole chunk while it holds no more than its window,
