@@ -3,6 +3,7 @@ for every caller, the HTTP answer to a failure beside the error classes, typed s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -83,6 +84,17 @@ def test_a_record_has_one_serialization_with_the_views_its_callers_need() -> Non
         "status": 400,
         "attempts": 1,
     }
+
+
+def test_a_records_metrics_are_every_field_in_order_times_rounded_and_a_copy() -> None:
+    fallback = {"model": "m1", "reason": "server", "error": "HTTP 503"}
+    metrics = ItemMetrics(latency_s=0.123456, wait_s=1.000049, model="m2", fallbacks=[fallback], tier="online")
+    data = metrics.to_dict()
+    assert list(data) == [f.name for f in dataclasses.fields(ItemMetrics)]  # the order of the record's keys
+    assert data == {**dataclasses.asdict(metrics), "latency_s": 0.1235, "ttft_s": None, "wait_s": 1.0}
+    data["fallbacks"][0]["reason"] = "changed"
+    data["fallbacks"].append({})
+    assert metrics.fallbacks == [{"model": "m1", "reason": "server", "error": "HTTP 503"}]  # the record's own
 
 
 def test_an_output_line_with_a_lone_surrogate_is_written_as_its_escape(tmp_path: Path) -> None:

@@ -9,18 +9,15 @@ else leaves it out.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, TypeGuard
 
 from chains import errors
 from chains.engine.execution import Record
-from chains.engine.metrics import ItemMetrics
+from chains.engine.metrics import ITEM_FIELDS, ItemMetrics
 from chains.errors import ChainRunnerError, ProviderError
 
 Wire = dict[str, Any]
 """``{"output": ..., "error": {...} | None, "metrics": {...}}``: one finished input, as a worker sends it."""
-
-_METRIC_FIELDS = frozenset(f.name for f in dataclasses.fields(ItemMetrics))
 
 
 def to_wire(record: Record) -> Wire:
@@ -28,14 +25,14 @@ def to_wire(record: Record) -> Wire:
     the metrics' fields: the record is pickled right after and never used again here (``dataclasses.asdict`` would
     deep-copy them first, a few % of a worker's CPU on the offline model)."""
     metrics = record.metrics
-    return {"output": record.output, "error": record.error, "metrics": {n: getattr(metrics, n) for n in _METRIC_FIELDS}}
+    return {"output": record.output, "error": record.error, "metrics": {n: getattr(metrics, n) for n in ITEM_FIELDS}}
 
 
 def from_wire(index: int, value: Any, key: str | None, data: Wire) -> Record:
     """The worker's record again, for the input the driver sent (``value``, ``index``, ``key``)."""
     error = data.get("error")
     metrics = data.get("metrics") or {}
-    item = ItemMetrics(**{name: metrics[name] for name in _METRIC_FIELDS if name in metrics})
+    item = ItemMetrics(**{name: metrics[name] for name in ITEM_FIELDS if name in metrics})
     exception = rebuild_error(error) if isinstance(error, dict) else None
     return Record(
         index, value, data.get("output"), error if isinstance(error, dict) else None, item, key, exception=exception
