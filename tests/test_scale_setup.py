@@ -27,6 +27,7 @@ from chains.engine.metrics import ItemMetrics
 from chains.errors import ChainRunnerError, ProviderError, UsageError
 from chains.scale import run_on_ray
 from chains.scale.address import parse_address, speaks_grpc
+from chains.scale.cluster import stop_monitor
 from chains.scale.pool import WorkerFailedError, WorkerPool
 from chains.scale.wire import from_wire, rebuild_error, to_wire
 from chains.scale.worker import WorkerSpec
@@ -158,6 +159,13 @@ async def test_workers_that_find_no_place_are_one_line_not_a_hang(ray_cluster: A
         assert "did not start within 3 s" in str(caught.value) and "\n" not in str(caught.value)
     finally:
         pool.kill()
+
+
+def test_a_ray_whose_private_parts_changed_still_shuts_down_as_before() -> None:
+    import types
+
+    stop_monitor(types.SimpleNamespace())  # no _private.worker._global_node: nothing killed, nothing raised
+    stop_monitor(types.SimpleNamespace(_private=types.SimpleNamespace(worker=types.SimpleNamespace(_global_node=None))))
 
 
 def test_the_batch_tier_is_refused() -> None:

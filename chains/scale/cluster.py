@@ -7,6 +7,7 @@ names the fix; the caller exits 2.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -40,8 +41,22 @@ class Cluster:
 
     def shutdown(self) -> None:
         if self.started and self.ray.is_initialized():
+            stop_monitor(self.ray)
             self.ray.shutdown()
         self.started = False
+
+
+def stop_monitor(ray: Any) -> None:
+    """Kill the autoscaler monitor of a Ray this run started, before ``ray.shutdown``.
+
+    Ray stops its GCS first, then sends the monitor SIGTERM and waits a second for it; with the GCS gone the
+    monitor's handler never finishes, so every run paid that second (1.0 of the 1.4 s its shutdown took here).  It
+    holds nothing of the run's.  Ray's private parts, so any change in them leaves the shutdown as it was."""
+    with contextlib.suppress(Exception):
+        from ray._private import ray_constants
+
+        node = ray._private.worker._global_node
+        node._kill_process_type(ray_constants.PROCESS_TYPE_MONITOR, check_alive=False)  # SIGKILL, then reaped
 
 
 def connect(workers: int | None = None, address: str | None = None) -> Cluster:
