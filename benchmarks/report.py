@@ -289,9 +289,14 @@ def scale_tables(sc: dict[str, Any], quick: bool) -> list[str]:
         f"{_fmt(r['workers_1_x_in_process_records'], 3)}×; one process's items/s / the worker's own "
         f"{_fmt(r['workers_1_x_in_process_per_worker'], 3)}×.",
         "- Judged both ways (the summary's `run_s`: first input handed out to last record; the whole process: "
-        f"Ray's start-up and shutdown in): 2 workers / 1 worker, items/s {_fmt(r.get('workers_2_x_workers_1_run_proper'), 3)}× "
-        f"run proper, {_fmt(r.get('workers_2_x_workers_1_process'), 3)}× whole process (target 1.7×); 1 Ray worker / "
-        f"one process, time {_fmt(r.get('workers_1_x_in_process_run_proper'), 3)}× run proper (target ≤ 1.05×).",
+        f"Ray's start-up and shutdown in), each the median of the ratios within one repetition (a ratio of the "
+        f"medians in brackets): 2 workers / 1 worker, items/s {_fmt(r.get('workers_2_x_workers_1_run_proper_paired'), 3)}× "
+        f"({_fmt(r.get('workers_2_x_workers_1_run_proper'), 3)}×) run proper, "
+        f"{_fmt(r.get('workers_2_x_workers_1_process_paired'), 3)}× ({_fmt(r.get('workers_2_x_workers_1_process'), 3)}×) "
+        f"whole process (target 1.7×); 1 Ray worker / one process, time "
+        f"{_fmt(r.get('workers_1_x_in_process_run_proper_paired'), 3)}× "
+        f"({_fmt(r.get('workers_1_x_in_process_run_proper'), 3)}×) run proper, "
+        f"{_fmt(r.get('workers_1_x_in_process_process_wall_paired'), 3)}× whole process (target ≤ 1.05×).",
         "",
     ]
     lim = sc["limits"]
