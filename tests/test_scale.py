@@ -333,6 +333,18 @@ async def test_a_worker_that_has_not_delivered_yet_is_sent_twice_the_last_call_e
     assert sizes == [1, 2, 4, 8, 16, 32]
 
 
+async def test_each_worker_runs_its_share_of_the_runs_in_flight_cap(ray_cluster: Any) -> None:
+    settings = FAKE.model_copy(update={"max_concurrency": 6, "fake_token_delay": 0.002})
+    run = RayRun("story", [{"topic": f"share {i}"} for i in range(60)], settings=settings, workers=2)
+    assert all(record.ok for record in await collect(run))
+    assert run.window == 3  # as many inputs in flight in all as one process would have, not 6 per worker...
+    governor = run.summary.governor
+    assert governor is not None and governor["peak_held"] <= 6
+    assert governor["empty_leases"] == 0  # ...so none waits in a worker for a slot the other worker holds
+    explicit = RayRun("story", [], settings=settings, workers=2, window=5)
+    assert explicit.window == 5  # a window given is the window
+
+
 async def test_a_worker_runs_at_most_its_window_of_the_inputs_it_holds() -> None:
     settings = FAKE.model_copy(update={"max_concurrency": 2, "fake_token_delay": 0.002})
     worker = ChainWorker(WorkerSpec("story", settings, chain_info("story").digest), "w0")  # no Ray: the class itself

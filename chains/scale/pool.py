@@ -13,8 +13,8 @@ holds no more than its window, so that chunk waits in the worker and takes each 
 ``story`` on the offline model: chunks cut to the one place a record freed and no chunk ahead kept a worker's loop
 at about 12 of its 32 inputs, and 1 input in 5 paid for a Ray call.)  Before a worker's first records come back
 nobody knows its rate, so each call carries twice the last (1, 2, 4, ...): one call per place had cost a fast
-worker its first ~0.15 s, 33 calls to fill a window of 32; a chunk is at most the window (a worker holds at most
-two), and 32 inputs a call at the offline model's pace costs about half the Ray calls of 16.
+worker its first ~0.15 s, 33 calls to fill a window of 32; and 32 inputs a call at the offline model's pace cost
+about half the Ray calls of 16.
 
 Each worker is an async Ray actor (``chains.scale.worker.ChainWorker``) with room for its window of inputs
 plus its own calls; it holds one CPU, so a cluster places at most one worker per CPU.  A dead worker is
@@ -105,7 +105,7 @@ class WorkerPool:
         fills in a few calls, not one call per place."""
         rate = worker.stats.items_per_s
         size = 2 ** min(worker.stats.calls, 16) if rate is None else math.ceil(rate / CALLS_PER_S)
-        return max(1, min(size, CHUNK, self.window))
+        return max(1, min(size, CHUNK))
 
     def room(self, worker: Worker) -> int:
         """How many inputs to send ``worker`` in its next call: a whole chunk while it holds no more than its window,

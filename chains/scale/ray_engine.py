@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Container, Iterable, Sequence
@@ -107,9 +108,11 @@ class RayRun:
         self.other_shards = 0
         """Inputs read and passed over: another shard's (as in ``BatchRun``; records keep their place in the file)."""
         self.callbacks = list(callbacks)
+        self._window = window
         self.window = window or self.settings.inputs_in_flight
-        """Inputs a worker runs at once (default: ``settings.inputs_in_flight``, as one process has); the driver sends it
-        up to a chunk more, which waits there for a place (``chains.scale.pool``)."""
+        """Inputs a worker runs at once (default: its share of ``settings.inputs_in_flight`` when one governor holds the
+        run's in-flight cap, so the run has as many inputs in flight as one process would, else all of it); the driver
+        sends it up to a chunk more, which waits there for a place (``chains.scale.pool``)."""
         self.governed = governed
         """One governor actor holds the run's limits for every worker; False: each worker has its own."""
         self.max_losses = max_losses
@@ -138,6 +141,8 @@ class RayRun:
             return self
         digest = _digest(self.chain_name, self.settings)
         self._cluster = cluster = connect(self.workers_wanted, self.address)
+        if self._window is None and self.governed:
+            self.window = max(1, math.ceil(self.settings.inputs_in_flight / cluster.workers))
         try:
             self._governor = start_governor(self.settings, window_s=self.rate_window_s) if self.governed else None
             spec = WorkerSpec(
