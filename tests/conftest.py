@@ -79,6 +79,18 @@ def cli(
     )
 
 
+def end_process(process: subprocess.Popen[bytes], sig: int, within_s: float) -> bool:
+    """Send ``sig`` and reap the process, killing it after ``within_s``; whether it ended on ``sig`` alone."""
+    process.send_signal(sig)
+    try:
+        process.wait(within_s)
+        return True
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return False
+
+
 def one_error_line(stderr: str) -> str:
     """The promise for bad input: one line, starting ``error:``, and no traceback."""
     lines = [line for line in stderr.splitlines() if line.strip()]

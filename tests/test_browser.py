@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import ROOT, runner_env
+from conftest import ROOT, end_process, runner_env
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page
@@ -92,12 +92,7 @@ def serving_offline(tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            end_process(process, signal.SIGTERM, within_s=15)
 
 
 class _Traffic:

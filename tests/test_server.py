@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, runner_env
+from conftest import ROOT, end_process, runner_env
 from fault_server import FaultServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -476,20 +476,8 @@ def serving(tmp_path: Path, server: FaultServer, *args: str) -> Iterator[tuple[s
         yield url, process
     finally:
         if process.poll() is None:
-            _end(process, signal.SIGTERM, within_s=15)
+            end_process(process, signal.SIGTERM, within_s=15)
         errors.close()
-
-
-def _end(process: subprocess.Popen[bytes], sig: int, within_s: float) -> bool:
-    """Send ``sig`` and reap the process, killing it after ``within_s``; whether it ended on ``sig`` alone."""
-    process.send_signal(sig)
-    try:
-        process.wait(within_s)
-        return True
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        return False
 
 
 async def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
@@ -758,7 +746,7 @@ def _exit_code(process: subprocess.Popen[bytes], err: Path, within_s: float = 15
     try:
         return process.wait(within_s)
     except subprocess.TimeoutExpired:
-        _end(process, signal.SIGABRT, within_s=10)
+        end_process(process, signal.SIGABRT, within_s=10)
         pytest.fail(f"serve did not end within {within_s:g}s of SIGTERM; its stderr:\n{err.read_text()[-6000:]}")
 
 
