@@ -54,7 +54,7 @@ FLOORS = (
     ("`import langchain_core.runnables.base` (a `Runnable`)", "import langchain_core.runnables.base"),
     (
         "the same, langsmith's generated types deferred as the CLI does",
-        f"import sys; sys.path.insert(0, {str(HERE.parent)!r}); import chains.cli.lazy_imports as lazy; lazy.defer_all(); "
+        f"import sys; sys.path.insert(0, {str(HERE.parent)!r}); import chains.engine.lazy_imports as lazy; lazy.defer_all(); "
         "import langchain_core.runnables.base",
     ),
 )

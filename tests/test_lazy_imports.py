@@ -40,7 +40,7 @@ def test_a_submodule_imports_without_the_package_init_which_runs_at_the_first_us
         where,
         """
         import builtins
-        from chains.cli.lazy_imports import defer
+        from chains.engine.lazy_imports import defer
         print(defer("heavy"))
         from heavy.light import WORD            # langsmith's one enum: the package's __init__ does not run
         print(WORD, getattr(builtins, "RAN", 0))
@@ -61,7 +61,7 @@ def test_a_missing_name_is_an_attribute_error_and_a_failing_init_fails_each_impo
         where,
         """
         import sys
-        from chains.cli.lazy_imports import defer
+        from chains.engine.lazy_imports import defer
         defer("heavy")
         for _ in range(2):
             try:
@@ -77,7 +77,7 @@ def test_a_missing_name_is_an_attribute_error_and_a_failing_init_fails_each_impo
     out = _run(
         fine,
         """
-        from chains.cli.lazy_imports import defer
+        from chains.engine.lazy_imports import defer
         defer("heavy")
         import heavy
         try:
@@ -95,7 +95,7 @@ def test_what_is_imported_already_missing_or_not_a_package_is_left_to_python(tmp
         where,
         """
         import json, heavy.light
-        from chains.cli.lazy_imports import defer
+        from chains.engine.lazy_imports import defer
         print(defer("json"), defer("heavy"), defer("no_such_package_here"), defer("heavy.light.x"))
         import importlib.util
         """,
@@ -128,7 +128,7 @@ def test_threads_asking_at_once_get_the_whole_package_loaded_once(tmp_path: Path
         where,
         """
         import builtins, threading
-        from chains.cli.lazy_imports import defer
+        from chains.engine.lazy_imports import defer
         defer("heavy")
         got = []
         def ask():
@@ -148,7 +148,7 @@ def test_a_package_with_its_own_module_getattr_answers_with_it_once_loaded(tmp_p
     out = _run(
         where,
         """
-        from chains.cli.lazy_imports import defer
+        from chains.engine.lazy_imports import defer
         defer("heavy")
         import heavy
         print(heavy.anything.replace(" ", "_"), heavy.Big.replace(" ", "_"), heavy.other.replace(" ", "_"))

@@ -345,6 +345,28 @@ async def test_each_worker_runs_its_share_of_the_runs_in_flight_cap(ray_cluster:
     assert explicit.window == 5  # a window given is the window
 
 
+async def test_a_workers_process_is_the_programs_own_its_heap_frozen_and_langsmiths_types_deferred(
+    ray_cluster: Any,
+) -> None:
+    class Probe(ChainWorker):
+        async def state(self) -> dict[str, Any]:
+            import gc
+
+            record = await self.run(0, {"topic": "probe"})
+            types = sys.modules.get("langsmith.types")
+            loaded = types is not None and "Run" in types.__dict__  # its __init__ ran: the ~170 generated modules
+            return {"ok": record["error"] is None, "types_loaded": loaded, "frozen": gc.get_freeze_count()}
+
+    spec = WorkerSpec("story", FAKE, chain_info("story").digest)
+    actor = ray_cluster.remote(Probe).options(num_cpus=1).remote(spec, "probe", own_process=True)
+    try:
+        state = await actor.state.remote()
+    finally:
+        ray_cluster.kill(actor)
+    assert state["ok"] and state["frozen"] > 0  # the chain's heap is walked by no later collection...
+    assert not state["types_loaded"]  # ...and langsmith's generated types wait for a use that never comes
+
+
 async def test_a_worker_runs_at_most_its_window_of_the_inputs_it_holds() -> None:
     settings = FAKE.model_copy(update={"max_concurrency": 2, "fake_token_delay": 0.002})
     worker = ChainWorker(WorkerSpec("story", settings, chain_info("story").digest), "w0")  # no Ray: the class itself

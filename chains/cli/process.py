@@ -17,10 +17,10 @@ from typing import NoReturn
 def own_process() -> None:
     """What the program does with a process that is its own, before the command: SIGTERM as Ctrl-C, a run may
     freeze the long-lived heap (``chains.engine.heap``), packages imported for nothing on the way to the first
-    request wait for their first use (``chains.cli.lazy_imports``)."""
+    request wait for their first use (``chains.engine.lazy_imports``)."""
     sigterm_interrupts()  # first: a SIGTERM while the rest starts is an interrupt too
-    from chains.cli.lazy_imports import defer_all
     from chains.engine.heap import claim_process
+    from chains.engine.lazy_imports import defer_all
 
     claim_process()
     defer_all()

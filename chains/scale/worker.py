@@ -18,6 +18,8 @@ many small containers per model call, so Python's cyclic garbage collector kept 
 objects): nearly a third of a worker's CPU on the offline model.  The actor's process is ours, so it freezes that
 heap once the chain is built and again after the first inputs (``chains.engine.heap``, as the CLI does; measured in
 a Ray worker, ``story`` on the offline model: 2.2 → 1.5 ms of CPU per input, the collector's share 0.65 → 0.1 ms).
+Langsmith's generated API types wait for their first use there too (``chains.engine.lazy_imports``), which a
+run without LangSmith never makes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chains.engine.heap import HeapFreeze, claim_process
+from chains.engine.lazy_imports import defer_all
 from chains.errors import UsageError
 from chains.settings import RunSettings
 
@@ -56,8 +59,9 @@ class ChainWorker:
 
     def __init__(self, spec: WorkerSpec, name: str, *, own_process: bool = False) -> None:
         """``own_process``: this is a Ray actor's process (the pool says so), whose heap the worker may freeze."""
-        if own_process:
+        if own_process:  # the actor's process is ours: its heap may be frozen, langsmith's types wait for their use
             claim_process()
+            defer_all()
         self.spec = spec
         self.name = name
         self._run: Any = None

@@ -1,4 +1,4 @@
-"""Packages the CLI's process imports only when something uses them (start-up time, issue 16).
+"""Packages the program's own process (the CLI, a Ray worker) imports only when used (start-up time, issue 16).
 
 ``langsmith.run_trees``, which ``langchain_core.runnables`` imports, imports ``langsmith._internal
 ._v2_migration_utils`` for one enum, ``langsmith.types.run_select_field``; importing that submodule runs
@@ -11,7 +11,8 @@ it, in place, and answers.  ``from langsmith.types import Run``, ``langsmith.typ
 the whole package, only later.  Nothing else changes: a package already imported, one that is missing, or one
 whose spec is not a plain package is left alone, and any surprise leaves the import to Python.
 
-Only the program's own process does this (``runner.main_entry``), never the library inside someone's process.
+Only the program's own process does this (``runner.main_entry``, a Ray worker's actor), never the library inside
+someone's process.
 """
 
 from __future__ import annotations
