@@ -57,7 +57,7 @@ def test_header_seconds_is_a_finite_non_negative_number_or_nothing(text: str) ->
 def test_retry_after_never_raises_and_is_finite(headers: dict[str, str]) -> None:
     started = time.perf_counter()
     assert _finite_wait(parse_retry_after(headers))
-    assert time.perf_counter() - started < 0.5
+    assert time.perf_counter() - started < 2  # microseconds; the bound catches a blow-up, not a slow machine
 
 
 @settings(max_examples=400, deadline=None)
