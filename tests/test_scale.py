@@ -334,8 +334,8 @@ async def test_a_worker_that_has_not_delivered_yet_is_sent_twice_the_last_call_e
 
 
 async def test_each_worker_runs_its_share_of_the_runs_in_flight_cap(ray_cluster: Any) -> None:
-    settings = FAKE.model_copy(update={"max_concurrency": 6, "fake_token_delay": 0.002})
-    run = RayRun("story", [{"topic": f"share {i}"} for i in range(60)], settings=settings, workers=2)
+    settings = FAKE.model_copy(update={"max_concurrency": 6, "fake_token_delay": 0.001})
+    run = RayRun("story", [{"topic": f"share {i}"} for i in range(24)], settings=settings, workers=2)
     assert all(record.ok for record in await collect(run))
     assert run.window == 3  # as many inputs in flight in all as one process would have, not 6 per worker...
     governor = run.summary.governor
