@@ -58,8 +58,9 @@ class ChainWorker:
     """The actor class (made a Ray actor by the driver, ``ray.remote(ChainWorker)``): Ray is not imported here."""
 
     def __init__(self, spec: WorkerSpec, name: str, *, own_process: bool = False) -> None:
-        """``own_process``: this is a Ray actor's process (the pool says so), whose heap the worker may freeze."""
-        if own_process:  # the actor's process is ours: its heap may be frozen, langsmith's types wait for their use
+        """``own_process``: this is a Ray actor's process (the pool says so), whose heap the worker may freeze and whose
+        imports it may defer."""
+        if own_process:
             claim_process()
             defer_all()
         self.spec = spec
