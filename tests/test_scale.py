@@ -80,9 +80,10 @@ def _alive(pid: int) -> bool:
 
 
 async def test_story_on_two_workers_gives_the_records_of_one_process(ray_cluster: Any) -> None:
-    key = _key(FAKE)
-    expected = await _in_process(FAKE, TOPICS, key)
-    run = run_on_ray("story", iter(TOPICS), settings=FAKE, workers=2, key=key)
+    paced = FAKE.model_copy(update={"fake_token_delay": 0.002})  # ~0.4 s an input: the second worker is up in time
+    key = _key(paced)
+    expected = await _in_process(paced, TOPICS, key)
+    run = run_on_ray("story", iter(TOPICS), settings=paced, workers=2, key=key)
     got = await collect(run)
     assert sorted(map(_shape, got)) == sorted(map(_shape, expected))
     summary = run.summary.to_dict()
@@ -298,6 +299,31 @@ async def test_a_slow_input_does_not_hold_back_the_records_of_its_workers_other_
         arrived.append((time.monotonic(), record.input["text"]))
     assert len(arrived) == 21 and arrived[-1][1] == "slow one"
     assert arrived[-1][0] - arrived[-2][0] >= 1.0  # the others were all back long before: none waited in its chunk
+
+
+async def test_a_worker_that_waits_for_a_place_holds_nobody_back(ray_cluster: Any) -> None:
+    @ray_cluster.remote(num_cpus=1)
+    class Holder:
+        def ping(self) -> bool:
+            return True
+
+    holder = Holder.remote()
+    await holder.ping.remote()  # one of the 2-CPU Ray's CPUs is taken: the run's second worker waits for it
+    settings = FAKE.model_copy(update={"max_concurrency": 4, "fake_token_delay": 0.002})
+    run = RayRun("story", [{"topic": f"late {i}"} for i in range(80)], settings=settings, workers=2)
+    records: list[Record] = []
+
+    async def drive() -> None:
+        async for record in run:
+            records.append(record)
+            if len(records) == 1:  # the first worker runs alone; now a place frees for the second
+                ray_cluster.kill(holder)
+
+    await asyncio.wait_for(drive(), 60)  # before, the run waited for both workers: for a place that never freed
+    first, second = run.summary.workers
+    assert len(records) == 80 and all(record.ok for record in records)
+    assert first.items > 0 and second.items > 0  # the second took inputs once it was up, in the same run
+    assert first.items + second.items == 80
 
 
 def _fast_worker(pool: WorkerPool, load: int) -> Worker:

@@ -6,6 +6,7 @@ subprocess.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import sys
@@ -150,15 +151,23 @@ async def test_callbacks_that_cannot_go_to_the_workers_are_one_line(ray_cluster:
 
 
 async def test_workers_that_find_no_place_are_one_line_not_a_hang(ray_cluster: Any) -> None:
-    spec = WorkerSpec("story", FAKE, chain_info("story").digest)
-    pool = WorkerPool(ray_cluster, spec, window=2, replacements=0)
-    pool.start(3)  # one CPU each, on a 2-CPU Ray: the third waits for a place
+    @ray_cluster.remote(num_cpus=1)
+    class Holder:
+        def ping(self) -> bool:
+            return True
+
+    holders = [Holder.remote() for _ in range(2)]
+    await asyncio.gather(*(holder.ping.remote() for holder in holders))  # both CPUs of the 2-CPU Ray are taken
+    pool = WorkerPool(ray_cluster, WorkerSpec("story", FAKE, chain_info("story").digest), window=2, replacements=0)
+    pool.start(2)
     try:
         with pytest.raises(WorkerFailedError) as caught:
-            await pool.ready(within_s=3)
-        assert "did not start within 3 s" in str(caught.value) and "\n" not in str(caught.value)
+            await pool.first_up(within_s=3)
+        assert "no Ray worker started within 3 s" in str(caught.value) and "\n" not in str(caught.value)
     finally:
         pool.kill()
+        for holder in holders:
+            ray_cluster.kill(holder)
 
 
 def test_a_ray_whose_private_parts_changed_still_shuts_down_as_before() -> None:

@@ -17,7 +17,12 @@ worker its first ~0.15 s, 33 calls to fill a window of 32; and 32 inputs a call 
 about half the Ray calls of 16.
 
 Each worker is an async Ray actor (``chains.scale.worker.ChainWorker``) with room for its window of inputs
-plus its own calls; it holds one CPU, so a cluster places at most one worker per CPU.  A dead worker is
+plus its own calls; it holds one CPU, so a cluster places at most one worker per CPU.  A worker gets inputs once it
+is up (its chain built), each as soon as it is: the run starts with the first, and a worker that waits for a place
+on a busy or scaling cluster holds nobody back.  Until one worker is up, a worker that cannot start stops the run
+with its line (a bad prompt directory, chain-runner missing on the node); later, one that cannot build its chain
+still does (every node must run the same chain), while one whose process died before it was up is a worker lost
+with nothing in flight (replaced while the budget lasts).  A dead worker is
 killed for good (``ray.kill``: a worker that was only unreachable must not deliver a second record for an
 input the driver has sent elsewhere) and, while the run's replacement budget lasts, a new one takes its place.
 """
@@ -39,7 +44,7 @@ CHUNK = 32
 CALLS_PER_S = 20.0
 """Chunks grow with a worker's rate so that it gets about this many calls a second at most (a few % of a core)."""
 READY_TIMEOUT_S = 120.0
-"""How long the run waits for its workers to start and build their chains (a cluster may have to make room)."""
+"""How long the run waits for its first worker to start and build its chain (a cluster may have to make room)."""
 CLOSE_TIMEOUT_S = 10.0
 """A finished run's workers get this long to give their leases back and close their pools; then they are killed."""
 
@@ -53,6 +58,15 @@ class Worker:
     handle: Any
     stats: WorkerStats
     load: int = 0
+    info: Any = None
+    """Its ``info()`` call (a Ray object ref) while it builds its chain; None once it is up (or gone)."""
+    starting: asyncio.Future[Any] | None = None
+    """That call as a future of the driver's loop (made there, on first use)."""
+
+    @property
+    def up(self) -> bool:
+        """Built its chain and not dead: it gets inputs."""
+        return self.info is None and self.stats.pid is not None and self.stats.alive
 
 
 class WorkerPool:
@@ -72,23 +86,50 @@ class WorkerPool:
 
     def start(self, count: int) -> None:
         for _ in range(count):
-            self._add(replacement=False)
+            self._add()
 
-    async def ready(self, within_s: float = READY_TIMEOUT_S) -> None:
-        """Wait until every worker has built its chain; one that cannot (or finds no place) is one error line."""
-        workers = [w for w in self.workers if w.stats.pid is None]
-        waiting = asyncio.gather(*(_future(w.handle.info.remote()) for w in workers), return_exceptions=True)
-        try:
-            infos = await asyncio.wait_for(waiting, within_s)
-        except TimeoutError:
-            raise WorkerFailedError(
-                f"{len(workers)} Ray workers did not start within {within_s:g} s (each needs a free CPU, and "
-                "chain-runner installed on its node); free CPUs on the cluster or pass fewer --workers"
-            ) from None
-        for worker, info in zip(workers, infos, strict=True):
-            if isinstance(info, BaseException):
-                raise self.failure(info) from info
+    async def first_up(self, within_s: float = READY_TIMEOUT_S) -> None:
+        """Wait until a worker has built its chain (the others join as each is up: ``starting``, ``started``); one
+        that cannot before then, or no worker up within ``within_s``, is one error line."""
+        deadline = asyncio.get_running_loop().time() + within_s
+        while not any(w.up for w in self.workers):
+            starting = self.starting()
+            if not starting:  # cannot be: before one is up, a failed start raises (``started``)
+                raise WorkerFailedError("no Ray worker could start; see the Ray logs (/tmp/ray/session_latest/logs)")
+            left = deadline - asyncio.get_running_loop().time()
+            done, _ = await asyncio.wait(starting, timeout=max(0.0, left), return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                raise WorkerFailedError(
+                    f"no Ray worker started within {within_s:g} s (each needs a free CPU, and chain-runner "
+                    "installed on its node); free CPUs on the cluster or pass fewer --workers"
+                )
+            for future in done:
+                self.started(starting[future])
+
+    def starting(self) -> dict[asyncio.Future[Any], Worker]:
+        """The live workers still building their chains, by the future of that (``started`` when it is done)."""
+        waiting: dict[asyncio.Future[Any], Worker] = {}
+        for worker in self.workers:
+            if worker.info is not None and worker.stats.alive:
+                if worker.starting is None:
+                    worker.starting = _future(worker.info)
+                waiting[worker.starting] = worker
+        return waiting
+
+    def started(self, worker: Worker) -> None:
+        """``worker``'s start is over (its ``starting`` future is done): up, so it gets inputs from now on; or it
+        failed: a worker whose process died after another was up is lost (replaced while the budget lasts), any
+        other failure stops the run with its line."""
+        future, worker.starting, worker.info = worker.starting, None, None
+        assert future is not None
+        error = asyncio.CancelledError() if future.cancelled() else future.exception()
+        if error is None:
+            info = future.result()
             worker.stats.pid, worker.stats.node = info["pid"], info["node"]
+        elif isinstance(error, self.ray.exceptions.RayActorError) and any(w.up for w in self.workers):
+            self.lost(worker, 0)
+        else:
+            raise self.failure(error) from error
 
     @property
     def live(self) -> list[Worker]:
@@ -96,7 +137,7 @@ class WorkerPool:
 
     def free(self) -> Worker | None:
         """The least loaded live worker with room for another chunk, if any."""
-        room = [w for w in self.live if self.room(w) > 0]
+        room = [w for w in self.live if w.up and self.room(w) > 0]
         return min(room, key=lambda w: w.load) if room else None
 
     def chunk(self, worker: Worker) -> int:
@@ -140,7 +181,7 @@ class WorkerPool:
             self.spec.governor.forget.remote(worker.stats.name)
         if self.replacements > 0:
             self.replacements -= 1
-            self._add(replacement=True)
+            self._add()
 
     def failure(self, exc: BaseException) -> ChainRunnerError:
         """What a worker's own failure (not an input's) says: the project's error as it was raised, else one line."""
@@ -156,8 +197,8 @@ class WorkerPool:
         return WorkerFailedError(f"a Ray worker failed: {type(shown).__name__}: {one_line(str(shown), 160)}")
 
     async def close(self) -> None:
-        """A finished run: each live worker gives back its leases and closes its pools, briefly, then all go."""
-        closing = [_future(w.handle.close.remote()) for w in self.live]
+        """A finished run: each worker up gives back its leases and closes its pools, briefly, then all go."""
+        closing = [_future(w.handle.close.remote()) for w in self.live if w.up]
         if closing:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), CLOSE_TIMEOUT_S)
@@ -171,7 +212,7 @@ class WorkerPool:
         with contextlib.suppress(Exception):  # already gone, or Ray itself is (a Ctrl-C reached it too)
             self.ray.kill(worker.handle, no_restart=True)
 
-    def _add(self, *, replacement: bool) -> Worker:
+    def _add(self) -> Worker:
         name = f"w{len(self.workers)}"
         try:
             handle = self._actor.remote(self.spec, name, own_process=True)
@@ -180,24 +221,15 @@ class WorkerPool:
                 f"cannot send the run to a Ray worker ({one_line(str(exc), 160)}); the key function and the "
                 "callbacks of a Ray run must pickle: they run in the workers"
             ) from exc
-        worker = Worker(handle, WorkerStats(name))
+        worker = Worker(handle, WorkerStats(name), info=handle.info.remote())
         self.workers.append(worker)
         self.stats.append(worker.stats)
-        if replacement:  # not waited for (``ready``): its process and node when it is up, or never
-            _future(handle.info.remote()).add_done_callback(lambda f: _note_info(worker, f))
         return worker
 
 
 def _future(ref: Any) -> asyncio.Future[Any]:
     """A Ray object ref as an asyncio future of this loop (cancelling it does not cancel the Ray task)."""
     return asyncio.wrap_future(ref.future())
-
-
-def _note_info(worker: Worker, future: asyncio.Future[Any]) -> None:
-    if future.cancelled() or future.exception() is not None:
-        return
-    info = future.result()
-    worker.stats.pid, worker.stats.node = info["pid"], info["node"]
 
 
 __all__ = ["Worker", "WorkerFailedError", "WorkerPool"]

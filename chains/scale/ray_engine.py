@@ -173,7 +173,7 @@ class RayRun:
         assert pool is not None
         finished = False
         try:
-            await pool.ready()
+            await pool.first_up()
             self.summary.startup_s = time.perf_counter() - self.summary.started
             async with contextlib.aclosing(self._records(pool)) as records:
                 async for record in records:
@@ -194,17 +194,22 @@ class RayRun:
                 for record in await self._fill(pool, source):
                     yield record
                 self.in_flight = len(self._pending)
+                starting = pool.starting() if self._more() else {}  # a worker coming up takes inputs at once
                 if not self._pending:
                     if not self._more():
                         return
                     if pool.free() is not None:
                         continue  # only inputs that do not run so far: read on
-                    raise WorkerLostError(
-                        "every Ray worker died and no replacement could be started; the records so far are kept: "
-                        "run again with --resume for the rest"
-                    )
-                done, _ = await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
+                    if not starting:
+                        raise WorkerLostError(
+                            "every Ray worker died and no replacement could be started; the records so far are "
+                            "kept: run again with --resume for the rest"
+                        )
+                done, _ = await asyncio.wait([*self._pending, *starting], return_when=asyncio.FIRST_COMPLETED)
                 for future in done:
+                    if future in starting:
+                        pool.started(starting[future])
+                        continue
                     for record in self._outcome(pool, future, self._pending.pop(future)):
                         yield record
                 self.in_flight = len(self._pending)

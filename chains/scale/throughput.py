@@ -1,6 +1,6 @@
 """A scaled-out run's summary: the run's numbers (the sum of its records) plus each worker's share.
 
-A run's ``wall_s`` is Ray's start-up (``startup_s``: Ray started or joined, every worker's chain built), the run
+A run's ``wall_s`` is Ray's start-up (``startup_s``: Ray started or joined, the first worker's chain built), the run
 proper (``run_s``: from the first input handed to a worker to the last record back) and the shutdown
 (``shutdown_s``: workers closed, Ray stopped if the run started it), plus the caller's own time between.  Items/s
 are given over both (``items_per_s`` over ``wall_s``, ``run_items_per_s`` over ``run_s``); ``per_worker`` items/s
