@@ -93,3 +93,17 @@ def test_a_cost_nobody_priced_is_unknown_not_zero() -> None:
     priced = RunSummary()
     priced.add(0, ItemMetrics(latency_s=0.2, model_calls=1, cost_usd=0.25), None)
     assert priced.to_dict()["cost_usd"] == 0.25 and "$0.2500" in table_text(priced)
+
+
+def test_each_worker_of_a_scaled_out_run_says_whether_it_ran_died_or_never_started() -> None:
+    from chains.scale.throughput import ScaleSummary, WorkerStats
+
+    summary = ScaleSummary()
+    summary.add(0, ItemMetrics(latency_s=0.2, output_tokens=10), None)
+    summary.workers = [
+        WorkerStats("w0", pid=11, items=1, first=0.0, last=0.5),
+        WorkerStats("w1", pid=12, alive=False),
+        WorkerStats("w2"),  # waited for a place on the cluster the whole run
+    ]
+    rows = {line.split("│")[1].strip() for line in table_text(summary).splitlines() if "│" in line}
+    assert {"worker w0", "worker w1 (died)", "worker w2 (never started)"} <= rows, rows

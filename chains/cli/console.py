@@ -176,7 +176,7 @@ def _worker_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     if not workers:
         return []
     rows = [
-        (f"worker {w['worker']}" + ("" if w.get("alive", True) else " (died)"),
+        (f"worker {w['worker']}" + _worker_state(w),
          f"{w['items']:,} items" + (f" · {rate_text(w['items_per_s'], 'items/s')}" if w.get("items_per_s") else ""))
         for w in workers
     ]  # fmt: skip
@@ -189,6 +189,12 @@ def _worker_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     if summary.get("inputs_rerun"):
         rows.append(("inputs run again (worker died)", _fmt(summary["inputs_rerun"])))
     return rows
+
+
+def _worker_state(worker: dict[str, Any]) -> str:
+    if not worker.get("alive", True):
+        return " (died)"
+    return " (never started)" if worker.get("pid") is None else ""  # it waited for a place the whole run
 
 
 def _endpoint_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
