@@ -326,6 +326,33 @@ async def test_a_worker_that_waits_for_a_place_holds_nobody_back(ray_cluster: An
     assert first.items + second.items == 80
 
 
+async def test_a_worker_whose_process_dies_before_it_is_up_is_replaced_while_the_others_run(
+    ray_cluster: Any,
+) -> None:
+    class DiesStarting(ChainWorker):
+        async def info(self) -> dict[str, Any]:
+            if self.name == "w1":
+                await asyncio.sleep(1.0)  # w0 is up by then: the run has begun
+                os._exit(1)
+            return await super().info()
+
+    pool = WorkerPool(ray_cluster, WorkerSpec("story", FAKE, chain_info("story").digest), window=2, replacements=1)
+    pool._actor = ray_cluster.remote(DiesStarting).options(num_cpus=1, max_concurrency=8, max_restarts=0)
+    pool.start(2)
+    try:
+        await pool.first_up(within_s=60)
+        while starting := pool.starting():  # what the run's loop does: each start noted as it ends
+            done, _ = await asyncio.wait(starting, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            assert done
+            for future in done:
+                pool.started(starting[future])
+        w0, w1, w2 = pool.workers
+        assert w0.up and not w1.stats.alive and w1.stats.lost == 0  # lost with nothing in flight, not the run
+        assert w2.up and w2.stats.pid not in (None, w0.stats.pid)  # its replacement came up in its place
+    finally:
+        pool.kill()
+
+
 def _fast_worker(pool: WorkerPool, load: int) -> Worker:
     """A worker of ``pool`` that delivered 400 records in its first second (the offline model's pace)."""
     worker = Worker(None, WorkerStats("w0", items=400, first=0.0, last=1.0), load=load)
