@@ -184,6 +184,31 @@ async def test_an_input_whose_worker_dies_too_often_gets_an_error_record(
     assert run.summary.to_dict()["failed"] == len(lost) and run.summary.rerun == 0
 
 
+async def test_a_run_whose_workers_all_died_and_whose_replacement_finds_no_place_ends_not_hangs(
+    ray_cluster: Any,
+) -> None:
+    slow = FAKE.model_copy(update={"fake_token_delay": 0.01})
+    run = RayRun("story", iter(TOPICS * 4), settings=slow, workers=1)
+    run.start()
+    assert run._pool is not None
+    run._pool.start_timeout_s = 3.0
+    run._pool._actor = ray_cluster.remote(ChainWorker).options(  # no replacement can be placed
+        num_cpus=1, resources={"a node that is gone": 1}, max_concurrency=40, max_restarts=0
+    )
+    got: list[Record] = []
+
+    async def drive() -> None:
+        async for record in run:
+            got.append(record)
+            if len(got) == 1:
+                os.kill(next(w.pid for w in run.workers if w.name == "w0"), signal.SIGKILL)  # type: ignore[arg-type]
+
+    with pytest.raises(WorkerLostError) as caught:
+        await asyncio.wait_for(drive(), 60)  # before, the run waited for the replacement for ever
+    assert "no replacement started within 3 s" in str(caught.value) and "--resume" in str(caught.value)
+    assert len(got) >= 1 and all(record.ok for record in got)  # what finished is kept
+
+
 async def test_closing_the_run_early_kills_its_workers_and_keeps_ray(ray_cluster: Any) -> None:
     loop_errors: list[dict[str, Any]] = []
     asyncio.get_running_loop().set_exception_handler(lambda loop, context: loop_errors.append(context))

@@ -72,8 +72,12 @@ class Worker:
 class WorkerPool:
     """``count`` workers with at most ``window`` inputs each; ``replacements`` new ones for those that die."""
 
-    def __init__(self, ray: Any, spec: WorkerSpec, *, window: int, replacements: int) -> None:
+    def __init__(
+        self, ray: Any, spec: WorkerSpec, *, window: int, replacements: int, start_timeout_s: float = READY_TIMEOUT_S
+    ) -> None:
         self.ray = ray
+        self.start_timeout_s = start_timeout_s
+        """How long the run waits for a worker to come up when none is (at the start, or after every worker died)."""
         self.spec = spec
         self.window = window
         self.replacements = replacements
@@ -88,11 +92,12 @@ class WorkerPool:
         for _ in range(count):
             self._add()
 
-    async def first_up(self, within_s: float = READY_TIMEOUT_S) -> None:
+    async def first_up(self, within_s: float | None = None) -> None:
         """Wait until a worker has built its chain (the others join as each is up: ``starting``, ``started``); one
-        that cannot before then, or no worker up within ``within_s``, is one error line."""
+        that cannot before then, or no worker up within ``within_s`` (``start_timeout_s``), is one error line."""
+        within_s = self.start_timeout_s if within_s is None else within_s
         deadline = asyncio.get_running_loop().time() + within_s
-        while not any(w.up for w in self.workers):
+        while not self.any_up:
             starting = self.starting()
             if not starting:  # cannot be: before one is up, a failed start raises (``started``)
                 raise WorkerFailedError("no Ray worker could start; see the Ray logs (/tmp/ray/session_latest/logs)")
@@ -126,7 +131,7 @@ class WorkerPool:
         if error is None:
             info = future.result()
             worker.stats.pid, worker.stats.node = info["pid"], info["node"]
-        elif isinstance(error, self.ray.exceptions.RayActorError) and any(w.up for w in self.workers):
+        elif isinstance(error, self.ray.exceptions.RayActorError) and self.any_up:
             self.lost(worker, 0)
         else:
             raise self.failure(error) from error
@@ -134,6 +139,10 @@ class WorkerPool:
     @property
     def live(self) -> list[Worker]:
         return [w for w in self.workers if w.stats.alive]
+
+    @property
+    def any_up(self) -> bool:
+        return any(w.up for w in self.workers)
 
     def free(self) -> Worker | None:
         """The least loaded live worker with room for another chunk, if any."""

@@ -205,7 +205,18 @@ class RayRun:
                             "every Ray worker died and no replacement could be started; the records so far are "
                             "kept: run again with --resume for the rest"
                         )
-                done, _ = await asyncio.wait([*self._pending, *starting], return_when=asyncio.FIRST_COMPLETED)
+                # every worker died and only replacements are starting: one may never find a place (a node gone)
+                alone = not pool.any_up
+                done, _ = await asyncio.wait(
+                    [*self._pending, *starting],
+                    timeout=pool.start_timeout_s if alone else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    raise WorkerLostError(
+                        f"every Ray worker died and no replacement started within {pool.start_timeout_s:g} s; the "
+                        "records so far are kept: free CPUs on the cluster, then run again with --resume for the rest"
+                    )
                 for future in done:
                     if future in starting:
                         pool.started(starting[future])
