@@ -33,8 +33,12 @@ async def test_rpm_and_the_in_flight_cap_hold_across_workers_at_the_server(
     for i, t in enumerate(sent):  # no window of the server's own clock holds more than rpm requests
         assert sum(1 for u in sent[i:] if u < t + window) <= rpm
     assert fault_server.stats(include_log=False)["peak_in_flight"] <= 3
-    reached = (len(sent) - rpm) / (sent[-1] - sent[0]) / (rpm / window)  # after the first window's burst
-    assert reached >= 0.85, reached  # the limit is used, not just respected
+    # the limit is used, not just respected: each request's place in the window is taken again soon after it frees
+    # (the request rpm later goes about a window after it; timed from the first request, the last window's burst at
+    # the in-flight cap would count against the rate)
+    gaps = sorted(sent[i + rpm] - sent[i] for i in range(len(sent) - rpm))
+    reached = window / gaps[len(gaps) // 2]
+    assert reached >= 0.9, (reached, gaps[:3], gaps[-3:])
     assert {w["worker"] for w in run.summary.per_worker if w["items"]} == {"w0", "w1"}
 
 
