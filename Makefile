@@ -21,14 +21,19 @@ lint:
 	$(PYTHON) -m ruff format --check chains runner.py tests
 	$(PYTHON) -m mypy
 
+# The suite runs on PYTEST_WORKERS processes (pytest-xdist), a test file to each at a time (a file's Ray, servers and
+# fixtures stay in one process). 2 fits CI's 2 cores; more on a bigger machine, 0 for one process (a debugger).
+PYTEST_WORKERS ?= 2
+PYTEST = $(PYTHON) -m pytest -q --durations=15 -n $(PYTEST_WORKERS) --dist loadfile
+
 # Everyday: everything but the tests that need the real model server, the notebook or a wheel build.
 # The slowest tests are listed at the end: where CI's minutes go.
 test:
-	$(PYTHON) -m pytest -q -m "not slow" --durations=15
+	$(PYTEST) -m "not slow"
 
 # Everything, as CI runs it.
 test-all:
-	$(PYTHON) -m pytest -q --durations=15
+	$(PYTEST)
 
 story:
 	$(PYTHON) runner.py story --topics examples/topics.txt
