@@ -23,17 +23,21 @@ lint:
 
 # The suite runs on PYTEST_WORKERS processes (pytest-xdist), a test file to each at a time (a file's Ray, servers and
 # fixtures stay in one process). 2 fits CI's 2 cores; more on a bigger machine, 0 for one process (a debugger).
+# The tests marked `alone` (limits judged on a test server's clock) then run by themselves.
 PYTEST_WORKERS ?= 2
-PYTEST = $(PYTHON) -m pytest -q --durations=15 -n $(PYTEST_WORKERS) --dist loadfile
+PYTEST = $(PYTHON) -m pytest -q --durations=15
+SPREAD = -n $(PYTEST_WORKERS) --dist loadfile
 
 # Everyday: everything but the tests that need the real model server, the notebook or a wheel build.
 # The slowest tests are listed at the end: where CI's minutes go.
 test:
-	$(PYTEST) -m "not slow"
+	$(PYTEST) $(SPREAD) -m "not slow and not alone"
+	$(PYTEST) -m "alone and not slow"
 
 # Everything, as CI runs it.
 test-all:
-	$(PYTEST)
+	$(PYTEST) $(SPREAD) -m "not alone"
+	$(PYTEST) -m alone
 
 story:
 	$(PYTHON) runner.py story --topics examples/topics.txt
