@@ -65,8 +65,8 @@ class Worker:
 
     @property
     def up(self) -> bool:
-        """Built its chain and not dead: it gets inputs."""
-        return self.info is None and self.stats.pid is not None and self.stats.alive
+        """Built its chain (its pid is known only then: ``WorkerPool.started``) and not dead: it gets inputs."""
+        return self.stats.pid is not None and self.stats.alive
 
 
 class WorkerPool:
